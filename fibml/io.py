@@ -1,0 +1,282 @@
+"""TIFF stacks and dataset folders on disk.
+
+A dataset is a folder with `manifest.json` (voxel size in nm, voltages, materials, generator
+parameters, fibml version) and (z, y, x) TIFF stacks `bse_<V>kV.tif` (one per voltage) and
+`labels.tif` (uint8 ground truth, 0 = pore, 1 = solid, more classes allowed). Real data has
+the same layout without labels. Every writer is atomic: a temporary file (or folder) is
+renamed into place, so an interrupted run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+import fibml
+
+__all__ = [
+    "Dataset",
+    "atomic_path",
+    "read_dataset",
+    "read_stack",
+    "stack_name",
+    "write_dataset",
+    "write_json",
+    "write_stack",
+]
+
+LABELS = "labels.tif"
+MANIFEST = "manifest.json"
+_STACK_RE = re.compile(r"^bse_(\d+(?:\.\d+)?)kV\.tif$")
+
+
+@dataclass
+class Dataset:
+    """A dataset folder in memory: images[voltage_kV] and labels are (z, y, x) arrays."""
+
+    path: Path
+    images: dict[float, np.ndarray]
+    voxel_size_nm: tuple[float, float, float]
+    labels: np.ndarray | None = None
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def voltages(self) -> list[float]:
+        return sorted(self.images)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return next(iter(self.images.values())).shape
+
+    def stack(self, voltages: Sequence[float] | None = None) -> np.ndarray:
+        """Images of the given voltages as one (channel, z, y, x) float32 array."""
+        voltages = self.voltages if voltages is None else voltages
+        return np.stack([self.images[float(v)] for v in voltages]).astype(np.float32, copy=False)
+
+
+def stack_name(voltage_kV: float) -> str:
+    """File name of the BSE stack at a voltage: 2 -> 'bse_2kV.tif', 1.5 -> 'bse_1.5kV.tif'."""
+    return f"bse_{float(voltage_kV):g}kV.tif"
+
+
+def read_stack(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float] | None]:
+    """Read a (z, y, x) TIFF stack and its voxel size in nm (z, y, x), or None if not stored.
+
+    A single 2-D image is returned as one slice. Raises ValueError for stacks that are not
+    numeric or hold NaN / inf, naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such TIFF file")
+    with tifffile.TiffFile(path) as tif:
+        array = tif.asarray()
+        voxel = _voxel_size(tif)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise ValueError(f"{path}: expected a (z, y, x) stack, found an array of shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f"{path}: expected integer or float pixels, found dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ValueError(f"{path}: stack contains {np.count_nonzero(~np.isfinite(array))} NaN or inf pixels")
+    return array, voxel
+
+
+def write_stack(path: str | Path, array: np.ndarray, voxel_size_nm: Sequence[float] | float | None = None) -> Path:
+    """Write a (z, y, x) stack as an ImageJ TIFF with the voxel size (nm), atomically."""
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise ValueError(f"{path}: expected a (z, y, x) array, got shape {array.shape}")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    kwargs: dict = {"imagej": True, "metadata": {"axes": "ZYX"}}
+    if voxel_size_nm is not None:
+        dz, dy, dx = np.broadcast_to(np.asarray(voxel_size_nm, dtype=float), (3,))
+        kwargs["resolution"] = (1.0 / dx, 1.0 / dy)
+        kwargs["metadata"].update(spacing=float(dz), unit="nm")
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, array, **kwargs)
+    return Path(path)
+
+
+def read_dataset(
+    folder: str | Path,
+    voltages: Sequence[float] | None = None,
+    require_labels: bool = False,
+) -> Dataset:
+    """Read a dataset folder; check that every stack has the same shape and a voxel size.
+
+    voltages: which bse_<V>kV.tif stacks to read (default: all in the folder).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset folder {folder} does not exist")
+    manifest = {}
+    if (folder / MANIFEST).is_file():
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{folder / MANIFEST}: not valid JSON ({err})") from err
+
+    available = available_voltages(folder)
+    wanted = available if voltages is None else [float(v) for v in voltages]
+    if not wanted:
+        raise FileNotFoundError(f"{folder} holds no BSE stack (expected files named like bse_2kV.tif)")
+    missing = [v for v in wanted if v not in available]
+    if missing:
+        found = ", ".join(stack_name(v) for v in available) or "none"
+        raise FileNotFoundError(
+            f"{folder} has no {', '.join(stack_name(v) for v in missing)} (found: {found})"
+        )
+
+    images, voxels = {}, {}
+    for v in wanted:
+        images[v], voxels[stack_name(v)] = read_stack(folder / stack_name(v))
+    labels = None
+    if (folder / LABELS).is_file():
+        labels, voxels[LABELS] = read_stack(folder / LABELS)
+        if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+            raise ValueError(f"{folder / LABELS}: expected non-negative integer class labels, found dtype {labels.dtype}")
+        labels = labels.astype(np.uint8, copy=False)
+    elif require_labels:
+        raise FileNotFoundError(f"{folder} has no {LABELS}: ground truth is needed here")
+
+    reference_name = stack_name(wanted[0])
+    reference = images[wanted[0]].shape
+    others = {stack_name(v): images[v].shape for v in wanted[1:]}
+    if labels is not None:
+        others[LABELS] = labels.shape
+    for name, shape in others.items():
+        if shape != reference:
+            raise ValueError(f"{folder}: {_shape_mismatch(name, shape, reference_name, reference)}")
+
+    voxel = manifest.get("voxel_size_nm") or next((v for v in voxels.values() if v), None)
+    if voxel is None:
+        raise ValueError(
+            f"{folder}: no voxel size: expected 'voxel_size_nm' in {MANIFEST} or in the TIFF metadata"
+        )
+    voxel = tuple(float(v) for v in np.broadcast_to(np.asarray(voxel, dtype=float), (3,)))
+    return Dataset(folder, images, voxel, labels, manifest)
+
+
+def write_dataset(
+    folder: str | Path,
+    images: Mapping[float, np.ndarray],
+    voxel_size_nm: Sequence[float] | float,
+    labels: np.ndarray | None = None,
+    manifest: Mapping | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a dataset folder atomically (built beside it, then renamed into place)."""
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"{folder} exists: choose another output folder or set overwrite=true")
+    shapes = {stack_name(v): np.shape(a) for v, a in images.items()}
+    if labels is not None:
+        shapes[LABELS] = np.shape(labels)
+    reference_name, reference = next(iter(shapes.items()))
+    for name, shape in shapes.items():
+        if shape != reference:
+            raise ValueError(_shape_mismatch(name, shape, reference_name, reference))
+    voxel = [float(v) for v in np.broadcast_to(np.asarray(voxel_size_nm, dtype=float), (3,))]
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        for v, stack in images.items():
+            write_stack(tmp / stack_name(v), np.asarray(stack, dtype=np.float32), voxel)
+        if labels is not None:
+            write_stack(tmp / LABELS, np.asarray(labels).astype(np.uint8), voxel)
+        content = {
+            "fibml_version": fibml.__version__,
+            **dict(manifest or {}),
+            "voxel_size_nm": voxel,
+            "shape": list(reference),
+            "voltages_kV": sorted(float(v) for v in images),
+            "files": sorted(shapes),
+        }
+        write_json(tmp / MANIFEST, content)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def available_voltages(folder: str | Path) -> list[float]:
+    """Voltages (kV) of the bse_<V>kV.tif stacks in a folder, ascending."""
+    return sorted(float(m.group(1)) for p in Path(folder).iterdir() if (m := _STACK_RE.match(p.name)))
+
+
+def write_json(path: str | Path, content: Mapping) -> Path:
+    """Write JSON atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(content, indent=2, default=_json_default) + "\n")
+    return Path(path)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _voxel_size(tif: tifffile.TiffFile) -> tuple[float, float, float] | None:
+    """Voxel size (z, y, x) in nm from ImageJ metadata and the resolution tags, if present."""
+    meta = tif.imagej_metadata or {}
+    page = tif.pages[0]
+    tags = page.tags
+    if "XResolution" not in tags or "YResolution" not in tags:
+        return None
+    xr, yr = tags["XResolution"].value, tags["YResolution"].value
+    if xr[0] == 0 or yr[0] == 0:
+        return None
+    dx, dy = xr[1] / xr[0], yr[1] / yr[0]
+    scale = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "micron": 1e3, "\\u00B5m": 1e3, "µm": 1e3}.get(
+        str(meta.get("unit", "")).strip(), None
+    )
+    if scale is None or (dx == 1 and dy == 1 and "spacing" not in meta):
+        return None  # resolution tags without a physical unit carry no voxel size
+    dz = float(meta.get("spacing", dx))
+    return (dz * scale, dy * scale, dx * scale)
+
+
+def _shape_mismatch(name, shape, reference_name, reference) -> str:
+    axes = ("slices", "rows", "columns")
+    for axis, (a, b) in enumerate(zip(shape, reference)):
+        if a != b:
+            return f"{name} has {a} {axes[axis]}, {reference_name} has {b}"
+    return f"{name} has shape {shape}, {reference_name} has shape {reference}"
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
