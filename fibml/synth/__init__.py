@@ -1,0 +1,1 @@
+"""Synthetic FIB-SEM data with ground truth: microstructures, BSE physics, imaging, datasets."""

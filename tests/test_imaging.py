@@ -1,0 +1,154 @@
+"""BSE forward model: bulk signals, shine-through of epoxy layers, voltage dependence, noise, errors."""
+
+import numpy as np
+import pytest
+
+from fibml.synth.imaging import render_bse, shine_through_profile
+from fibml.synth.microstructure import leveled_wave
+from fibml.synth.physics import get_material
+
+VOXEL = 2.5  # nm
+NOISELESS = dict(electrons_per_pixel=None, read_noise=0.0, probe_sigma_nm=0.0)
+
+
+def eta(material, voltage):
+    return float(get_material(material).backscatter_coefficient(voltage))
+
+
+@pytest.mark.parametrize("voltage", [1.0, 2.0, 4.0])
+def test_bulk_phases_render_to_their_eta(voltage):
+    solid = np.ones((8, 16, 16), dtype=np.uint8)
+    gold = render_bse(solid, voltage, VOXEL, **NOISELESS)
+    epoxy = render_bse(np.zeros_like(solid), voltage, VOXEL, **NOISELESS)
+    np.testing.assert_allclose(gold, eta("Au", voltage), rtol=1e-5)
+    np.testing.assert_allclose(epoxy, eta("epoxy", voltage), rtol=1e-5)
+    assert eta("Au", voltage) > 3 * eta("epoxy", voltage)
+
+
+def test_output_dtype_and_shape():
+    labels = leveled_wave((12, 20, 28), 20.0, 0.3, VOXEL, seed=0)
+    for kwargs in (NOISELESS, {}):
+        image = render_bse(labels.astype(np.uint8), 2.0, VOXEL, **kwargs)
+        assert image.dtype == np.float32
+        assert image.shape == labels.shape
+    # bool labels are accepted as 0 / 1 phases
+    np.testing.assert_array_equal(
+        render_bse(labels, 2.0, VOXEL, **NOISELESS), render_bse(labels.astype(np.int64), 2.0, VOXEL, **NOISELESS)
+    )
+
+
+def _face_signal(depth_voxels, voltage, n_slices=48):
+    """Signal at the face of an epoxy layer `depth_voxels` thick over gold (laterally uniform)."""
+    labels = np.ones((n_slices, 6, 6), dtype=np.uint8)
+    labels[:depth_voxels] = 0
+    return float(render_bse(labels, voltage, VOXEL, boundary="reflect", **NOISELESS)[0].mean())
+
+
+@pytest.mark.parametrize("voltage", [1.0, 4.0])
+def test_epoxy_layer_over_gold_matches_shine_through_profile(voltage):
+    depths = np.arange(0, 11)
+    signal = np.array([_face_signal(int(d), voltage) for d in depths])
+    # falls monotonically from bulk gold towards epoxy as the layer thickens
+    assert signal[0] == pytest.approx(eta("Au", voltage), rel=1e-5)
+    assert np.all(np.diff(signal) < 0)
+    assert np.all(signal > eta("epoxy", voltage))
+    np.testing.assert_allclose(signal, shine_through_profile(voltage, depths * VOXEL), rtol=2e-4)
+
+
+def test_shine_through_profile_by_hand():
+    # 1 kV: Lambda_epoxy = 0.2 * R_KO(epoxy, 1 kV) = 0.2 * 55.85 nm = 11.17 nm;
+    # 10 nm of epoxy transmits exp(-10 / 11.17) = 0.4085 of the gold signal
+    t = np.exp(-10.0 / (0.2 * get_material("epoxy").range_nm(1.0)))
+    assert t == pytest.approx(0.4085, abs=1e-3)
+    expected = eta("epoxy", 1.0) * (1 - t) + eta("Au", 1.0) * t
+    assert shine_through_profile(1.0, [10.0])[0] == pytest.approx(expected, rel=1e-9)
+    assert shine_through_profile(1.0, [0.0])[0] == pytest.approx(eta("Au", 1.0), rel=1e-9)
+    assert shine_through_profile(1.0, [1e4])[0] == pytest.approx(eta("epoxy", 1.0), rel=1e-6)
+
+
+@pytest.mark.parametrize("depth_voxels", [2, 4, 8])
+def test_shine_through_grows_with_voltage_for_a_layer(depth_voxels):
+    # compare the fraction of the gold-epoxy contrast that comes through the layer
+    def shine(voltage):
+        return (_face_signal(depth_voxels, voltage) - eta("epoxy", voltage)) / (eta("Au", voltage) - eta("epoxy", voltage))
+
+    assert shine(1.0) < shine(2.0) < shine(4.0)
+    # the raw signal too, not only the normalised one
+    assert _face_signal(depth_voxels, 4.0) > _face_signal(depth_voxels, 1.0)
+
+
+@pytest.mark.parametrize("noise", [NOISELESS, {}])
+def test_shine_through_index_of_a_structure_grows_with_voltage(noise):
+    labels = leveled_wave((32, 40, 40), 20.0, 0.3, VOXEL, seed=0).astype(np.uint8)
+    pore = labels == 0
+
+    def shine_through_index(voltage):
+        image = render_bse(labels, voltage, VOXEL, **noise)
+        e_ep, e_au = eta("epoxy", voltage), eta("Au", voltage)
+        return (image[pore].mean() - e_ep) / (e_au - e_ep)
+
+    index = [shine_through_index(v) for v in (1.0, 2.0, 4.0)]
+    assert index[0] < index[1] < index[2]
+    # measured 0.33, 0.63, 0.76 without noise: well apart, and pores never look like bulk gold
+    assert index[1] - index[0] > 0.1 and index[2] - index[1] > 0.05
+    assert index[2] < 0.9
+
+
+def test_same_seed_same_noise_other_seed_other_noise():
+    labels = leveled_wave((8, 24, 24), 20.0, 0.3, VOXEL, seed=0).astype(np.uint8)
+    a = render_bse(labels, 2.0, VOXEL, seed=7)
+    b = render_bse(labels, 2.0, VOXEL, seed=7)
+    c = render_bse(labels, 2.0, VOXEL, seed=8)
+    np.testing.assert_array_equal(a, b)
+    assert np.mean(a != c) > 0.9
+
+
+@pytest.mark.parametrize("electrons", [50.0, 400.0])
+def test_shot_noise_of_bulk_gold(electrons):
+    # eta * N backscattered electrons per pixel, Poisson: std of counts / N is sqrt(eta / N)
+    image = render_bse(np.ones((16, 32, 32), np.uint8), 2.0, VOXEL, electrons_per_pixel=electrons, read_noise=0.0)
+    expected = np.sqrt(eta("Au", 2.0) / electrons)
+    assert image.mean() == pytest.approx(eta("Au", 2.0), rel=0.01)
+    assert image.std() == pytest.approx(expected, rel=0.05)
+
+
+def test_read_noise_adds_gaussian_std():
+    image = render_bse(np.ones((16, 32, 32), np.uint8), 2.0, VOXEL, electrons_per_pixel=None, read_noise=0.02)
+    assert image.std() == pytest.approx(0.02, rel=0.05)
+    assert image.mean() == pytest.approx(eta("Au", 2.0), abs=1e-3)
+
+
+@pytest.mark.parametrize("bad", [2, 5])
+def test_label_beyond_materials_raises(bad):
+    labels = np.zeros((4, 8, 8), dtype=np.uint8)
+    labels[1, 2, 3] = bad
+    with pytest.raises(ValueError, match=rf"labels hold values 0\.\.{bad} but 2 materials"):
+        render_bse(labels, 2.0, VOXEL)
+    # a third material makes label 2 valid
+    if bad == 2:
+        image = render_bse(labels, 2.0, VOXEL, materials=("epoxy", "Au", "Ag"), **NOISELESS)
+        assert image.shape == labels.shape
+
+
+def test_negative_label_raises():
+    labels = np.zeros((4, 8, 8), dtype=np.int16)
+    labels[0, 0, 0] = -1
+    with pytest.raises(ValueError, match="labels hold values -1"):
+        render_bse(labels, 2.0, VOXEL)
+
+
+def test_float_labels_raise():
+    with pytest.raises(ValueError, match="integer phase indices.*float"):
+        render_bse(np.ones((4, 8, 8), dtype=np.float32), 2.0, VOXEL)
+
+
+def test_bad_arguments_raise():
+    labels = np.zeros((4, 8, 8), dtype=np.uint8)
+    with pytest.raises(ValueError, match="3-D"):
+        render_bse(labels[0], 2.0, VOXEL)
+    with pytest.raises(ValueError, match="voltage_kV"):
+        render_bse(labels, 0.0, VOXEL)
+    with pytest.raises(ValueError, match="boundary"):
+        render_bse(labels, 2.0, VOXEL, boundary="zero")
+    with pytest.raises(ValueError, match="unknown material 'unobtainium'"):
+        render_bse(labels, 2.0, VOXEL, materials=("epoxy", "unobtainium"))
