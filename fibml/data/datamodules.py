@@ -1,0 +1,120 @@
+"""The LightningDataModule every supervised fibml task reuses: aligned voltage stacks -> patches."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from fibml.data.patches import DIMS, PatchDataset, split_z_blocks
+from fibml.data.transforms import Augmentation, normalize_stack
+from fibml.io import read_dataset
+from fibml.synth.dataset import cached_dataset
+
+__all__ = ["FIBSEMDataModule"]
+
+
+class FIBSEMDataModule(pl.LightningDataModule):
+    """Patches of a dataset folder (bse_<V>kV.tif + labels.tif), split into z-blocks.
+
+    data_dir: a dataset folder; None = the embedded default, generated once from `generator`
+        (keyword arguments of fibml.synth.dataset.generate_dataset) into `cache_dir`.
+    voltages: which stacks are input channels (kV). dims: "2d", "2.5d" or "3d".
+    n_adjacent: slices per 2.5D input (odd). patch_size / stride: int or (z, y, x) for 3D.
+    batch_size: the global batch; each of the trainer's devices gets batch_size / world_size.
+    split: fractions train / val / test and the gap (slices) between blocks.
+    normalize: percentiles (low, high) mapped to 0 and 1, per stack.
+    augmentation: an albumentations transform for training patches (None = no augmentation).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        voltages: Sequence[float] = (2,),
+        dims: str = "2d",
+        n_adjacent: int = 7,
+        patch_size: int | Sequence[int] = 64,
+        stride: int | Sequence[int] = 32,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        split: Mapping | None = None,
+        normalize: Mapping | None = None,
+        augmentation=None,
+        cache_dir: str | Path = "data",
+        generator: Mapping | None = None,
+    ):
+        super().__init__()
+        if dims not in DIMS:
+            raise ValueError(f"data.dims must be one of {DIMS}, got {dims!r}")
+        if data_dir is None and generator is None:
+            raise ValueError("give data.data_dir (a dataset folder) or data.generator (to synthesise one)")
+        self.data_dir = None if data_dir is None else Path(data_dir)
+        self.voltages = [float(v) for v in voltages]
+        self.dims, self.n_adjacent = dims, int(n_adjacent)
+        self.patch_size, self.stride = patch_size, stride
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.split = dict(split or {})
+        self.normalize = dict(normalize or {})
+        self.augmentation = None if augmentation is None else Augmentation(augmentation)
+        self.cache_dir, self.generator = Path(cache_dir), generator
+        self.batch_size_per_device = self.batch_size
+        self.images = self.labels = self.blocks = self.dataset = None
+        self.datasets: dict[str, PatchDataset] = {}
+
+    @property
+    def dataset_path(self) -> Path:
+        """The dataset folder (the embedded default's cache folder when data_dir is None)."""
+        if self.data_dir is not None:
+            return self.data_dir
+        return cached_dataset(self.cache_dir, self.generator)
+
+    def prepare_data(self) -> None:
+        # runs on one process per node: generate the embedded default once
+        if self.data_dir is None:
+            cached_dataset(self.cache_dir, self.generator)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.trainer is not None:
+            world = self.trainer.world_size
+            if self.batch_size % world:
+                raise ValueError(f"batch_size {self.batch_size} is not divisible by the {world} devices")
+            self.batch_size_per_device = self.batch_size // world
+        if self.images is not None:
+            return
+        self.dataset = read_dataset(self.dataset_path, self.voltages, require_labels=True)
+        self.images = np.stack([normalize_stack(self.dataset.images[v], **self.normalize) for v in self.voltages])
+        self.labels = self.dataset.labels
+        periodic = bool(self.dataset.manifest.get("periodic", False))
+        self.blocks = split_z_blocks(self.labels.shape[0], periodic=periodic, **self.split)
+        for name, z_range in self.blocks.items():
+            self.datasets[name] = PatchDataset(
+                self.images, self.labels, z_range, self.dims, self.patch_size, self.stride, self.n_adjacent,
+                transform=self.augmentation if name == "train" else None,
+            )
+
+    def z_range(self, split: str) -> range:
+        """Slices of a split ("train", "val", "test") or of the whole stack ("all")."""
+        if split == "all":
+            return range(self.labels.shape[0])
+        if split not in self.blocks:
+            raise ValueError(f"unknown split {split!r}: expected 'train', 'val', 'test' or 'all'")
+        return self.blocks[split]
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val", shuffle=False)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size_per_device,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
