@@ -1,0 +1,91 @@
+"""Results a user can read and look at: metric tables (CSV + Markdown) and section figures (PNG)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are written to files; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fibml.io import atomic_path  # noqa: E402
+
+__all__ = ["markdown_table", "save_sections", "write_table"]
+
+
+def write_table(rows: Sequence[Mapping], stem: str | Path) -> str:
+    """Write rows (one dict per method) to <stem>.csv and <stem>.md; return the Markdown."""
+    stem = Path(stem)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    markdown = markdown_table(rows, columns)
+    with atomic_path(stem.with_suffix(".csv")) as tmp:
+        tmp.write_text(buffer.getvalue())
+    with atomic_path(stem.with_suffix(".md")) as tmp:
+        tmp.write_text(markdown + "\n")
+    return markdown
+
+
+def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> str:
+    """A GitHub Markdown table; floats with 4 significant digits."""
+    columns = list(columns or dict.fromkeys(key for row in rows for key in row))
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def save_sections(
+    path: str | Path,
+    image: np.ndarray,
+    prediction: np.ndarray,
+    labels: np.ndarray | None = None,
+    voxel_size_nm: Sequence[float] = (1.0, 1.0, 1.0),
+    title: str = "",
+) -> Path:
+    """PNG of xy, xz and yz sections through the centre: image, prediction, and (with ground
+    truth) the errors - false solid in red, missed solid in blue. Arrays are (z, y, x)."""
+    z, y, x = (s // 2 for s in prediction.shape)
+    dz, dy, dx = voxel_size_nm
+    cuts = {
+        f"xy (z={z})": (np.s_[z, :, :], dy / dx),
+        f"xz (y={y})": (np.s_[:, y, :], dz / dx),
+        f"yz (x={x})": (np.s_[:, :, x], dz / dy),
+    }
+    columns = ["image", "prediction"] + (["errors"] if labels is not None else [])
+    fig, axes = plt.subplots(3, len(columns), figsize=(3.2 * len(columns), 9), squeeze=False)
+    for row, (name, (cut, aspect)) in enumerate(cuts.items()):
+        panels = {"image": (image[cut], "gray"), "prediction": (prediction[cut], "gray")}
+        if labels is not None:
+            panels["errors"] = (_error_map(prediction[cut], labels[cut]), None)
+        for col, key in enumerate(columns):
+            ax = axes[row, col]
+            data, cmap = panels[key]
+            ax.imshow(data, cmap=cmap, aspect=aspect, interpolation="nearest")
+            ax.set_title(f"{key}, {name}", fontsize=9)
+            ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def _error_map(prediction: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """RGB: correct solid white, correct pore black, false solid red, missed solid blue."""
+    rgb = np.zeros((*labels.shape, 3), dtype=np.float32)
+    rgb[(prediction > 0) & (labels > 0)] = 1.0
+    rgb[(prediction > 0) & (labels == 0)] = (1.0, 0.1, 0.1)
+    rgb[(prediction == 0) & (labels > 0)] = (0.2, 0.4, 1.0)
+    return rgb

@@ -1,0 +1,111 @@
+"""End to end: synthesise, train a few steps, evaluate, predict - via the functions and the scripts."""
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fibml.io import read_stack, write_stack
+from fibml.workflows import evaluate, predict, train
+from tests.conftest import FAST_TRAIN, compose_config
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
+
+
+def _read_metrics(run: Path) -> dict:
+    with open(run / "metrics.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    return row
+
+
+def test_train_evaluate_predict(tiny_dataset, tmp_path):
+    cfg = compose_config("train", FAST_TRAIN + [f"data.data_dir={tiny_dataset}", "data.voltages=[1,2,4]"], tmp_path)
+    metrics, _ = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    for name in ("metrics.csv", "metrics.md", "slices.png", "prediction.tif"):
+        assert (run / name).is_file(), name
+    row = _read_metrics(run)
+    mp, mgp, mds = float(row["MP %"]), float(row["MGP %"]), float(row["MDS"])
+    assert all(math.isfinite(v) for v in (mp, mgp, mds))
+    assert 0 <= mp <= 100 and 0 <= mgp <= 100 and 0 <= mds <= 1
+    assert mp == pytest.approx(metrics["test/MP %"])
+    assert float(row["solid fraction (GT)"]) == pytest.approx(0.3, abs=0.1)
+    assert "| ResidualUNet 2d, 1+2+4 kV |" in (run / "metrics.md").read_text()
+    prediction, voxel = read_stack(run / "prediction.tif")
+    assert prediction.shape[1:] == (48, 48) and voxel == (2.5, 2.5, 2.5)
+
+    # evaluate.py rebuilds the model from the checkpoint's own config: the same numbers
+    ecfg = compose_config("evaluate", [f"ckpt_path={run}", "inference.device=cpu"], tmp_path / "eval")
+    again = evaluate(ecfg)
+    assert again["MP %"] == pytest.approx(mp) and again["MDS"] == pytest.approx(mds)
+    assert (tmp_path / "eval" / "run" / "metrics.md").is_file()
+
+    out = tmp_path / "segmented"
+    pcfg = compose_config(
+        "predict",
+        [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"input={tiny_dataset}", f"output={out}",
+         "save_probabilities=true", "inference.device=cpu"],
+        tmp_path / "pred",
+    )
+    predict(pcfg)
+    segmentation, voxel = read_stack(out / "segmentation.tif")
+    assert segmentation.shape == (40, 48, 48) and voxel == (2.5, 2.5, 2.5)
+    assert set(np.unique(segmentation)) <= {0, 1}
+    solid_probability, _ = read_stack(out / "probability_class1.tif")
+    np.testing.assert_array_equal(segmentation, (solid_probability > 0.5).astype(np.uint8))
+    # the test block of the full prediction is what train.py evaluated
+    test_block = prediction.shape[0]
+    np.testing.assert_array_equal(segmentation[-4 - test_block : -4], prediction)
+
+    # a three-voltage model cannot segment one TIFF: the error says what it needs
+    single = tmp_path / "one.tif"
+    write_stack(single, np.zeros((4, 48, 48), np.float32) + np.arange(48, dtype=np.float32), 2.5)
+    pcfg.input = str(single)
+    with pytest.raises(ValueError, match=r"one.tif: this model needs BSE stacks at \[1.0, 2.0, 4.0\] kV"):
+        predict(pcfg)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_runs_a_step(experiment, tiny_dataset, tmp_path):
+    overrides = [f"experiment={experiment}", "debug=fdr", f"data.data_dir={tiny_dataset}"] + FAST_TRAIN
+    if "3d" in experiment:
+        overrides += ["data.patch_size=[4,32,32]", "data.stride=[4,16,16]", "data.batch_size=2"]
+    cfg = compose_config("train", overrides, tmp_path)
+    metrics, _ = train(cfg)
+    assert math.isfinite(metrics["train/loss"]) and 0 <= metrics["test/MDS"] <= 1
+
+
+@pytest.mark.slow
+def test_scripts_as_a_user_runs_them(tmp_path):
+    """The README path: python -m fibml.synth, train.py, evaluate.py, predict.py."""
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    synth = run("-m", "fibml.synth", "out=data/tiny", "shape=[40,48,48]", "voltages=[2]",
+                "structure.coarse_wavelength_nm=50", "structure.fine_wavelength_nm=20")
+    assert synth.returncode == 0, synth.stderr
+    assert (tmp_path / "data" / "tiny" / "bse_2kV.tif").is_file()
+
+    fast = [o for o in FAST_TRAIN if not o.startswith("inference")] + ["data.data_dir=data/tiny", "hydra.run.dir=run"]
+    trained = run(str(REPO / "train.py"), "experiment=single_voltage", *fast)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "| ResidualUNet 2d, 2 kV |" in trained.stdout
+
+    evaluated = run(str(REPO / "evaluate.py"), "ckpt_path=run", "hydra.run.dir=eval")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "MP %" in evaluated.stdout and (tmp_path / "eval" / "metrics.csv").is_file()
+
+    predicted = run(str(REPO / "predict.py"), "ckpt_path=run", "input=data/tiny/bse_2kV.tif", "output=seg",
+                    "hydra.run.dir=pred")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    segmentation, voxel = read_stack(tmp_path / "seg" / "segmentation.tif")
+    assert segmentation.shape == (40, 48, 48) and voxel == (2.5, 2.5, 2.5)
+
+    missing = run(str(REPO / "predict.py"), "ckpt_path=run", "input=nowhere.tif", "output=x", "hydra.run.dir=p2")
+    assert missing.returncode != 0 and "nowhere.tif is neither a dataset folder nor a TIFF file" in missing.stderr
