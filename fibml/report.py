@@ -61,7 +61,12 @@ def save_sections(
         f"yz (x={x})": (np.s_[:, :, x], dz / dy),
     }
     columns = ["image", "prediction"] + (["errors"] if labels is not None else [])
-    fig, axes = plt.subplots(3, len(columns), figsize=(3.2 * len(columns), 9), squeeze=False)
+    heights = [prediction.shape[1] * dy, prediction.shape[0] * dz, prediction.shape[0] * dz]
+    width = max(prediction.shape[2] * dx, prediction.shape[1] * dy)
+    fig, axes = plt.subplots(
+        3, len(columns), squeeze=False, gridspec_kw={"height_ratios": heights},
+        figsize=(3.2 * len(columns), 3.2 * sum(heights) / width + 1.0),
+    )
     for row, (name, (cut, aspect)) in enumerate(cuts.items()):
         panels = {"image": (image[cut], "gray"), "prediction": (prediction[cut], "gray")}
         if labels is not None:
@@ -72,6 +77,8 @@ def save_sections(
             ax.imshow(data, cmap=cmap, aspect=aspect, interpolation="nearest")
             ax.set_title(f"{key}, {name}", fontsize=9)
             ax.set_axis_off()
+    if labels is not None:
+        title = f"{title}   (errors: red = false solid, blue = missed solid)".strip()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
