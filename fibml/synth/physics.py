@@ -28,12 +28,7 @@ def backscatter_coefficient(Z, E_keV):
     Fitted for 4-40 keV; at 0.5-4 keV it is an extrapolation (used as such by fibml).
     Z and E_keV broadcast like numpy arrays.
     """
-    Z = np.asarray(Z, dtype=np.float64)
-    E = np.asarray(E_keV, dtype=np.float64)
-    if np.any(Z < 1):
-        raise ValueError(f"atomic number Z must be >= 1, got {Z}")
-    if np.any(E <= 0):
-        raise ValueError(f"beam energy must be > 0 keV, got {E}")
+    Z, E = _checked_Z_E(Z, E_keV)
     lnZ = np.log(Z)
     m = 0.1382 - 0.9211 / np.sqrt(Z)
     C = 0.1904 - 0.2236 * lnZ + 0.1292 * lnZ**2 - 0.01491 * lnZ**3
@@ -45,15 +40,20 @@ def kanaya_okayama_range_nm(Z, A, density_g_cm3, E_keV):
 
     Au (Z 79, A 197, rho 19.3) gives about 6, 18 and 59 nm at 1, 2 and 4 kV.
     """
+    Z, E = _checked_Z_E(Z, E_keV)
+    if np.any(np.asarray(density_g_cm3) <= 0):
+        raise ValueError(f"density must be > 0 g/cm^3, got {density_g_cm3}")
+    return 1000.0 * 0.0276 * np.asarray(A) * E**1.67 / (Z**0.889 * np.asarray(density_g_cm3))
+
+
+def _checked_Z_E(Z, E_keV) -> tuple[np.ndarray, np.ndarray]:
     Z = np.asarray(Z, dtype=np.float64)
     E = np.asarray(E_keV, dtype=np.float64)
     if np.any(Z < 1):
         raise ValueError(f"atomic number Z must be >= 1, got {Z}")
     if np.any(E <= 0):
         raise ValueError(f"beam energy must be > 0 keV, got {E}")
-    if np.any(np.asarray(density_g_cm3) <= 0):
-        raise ValueError(f"density must be > 0 g/cm^3, got {density_g_cm3}")
-    return 1000.0 * 0.0276 * np.asarray(A) * E**1.67 / (Z**0.889 * np.asarray(density_g_cm3))
+    return Z, E
 
 
 @dataclass(frozen=True)
