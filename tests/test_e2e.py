@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fibml.io import read_stack, write_stack
 from fibml.workflows import evaluate, predict, train
@@ -109,3 +110,16 @@ def test_scripts_as_a_user_runs_them(tmp_path):
 
     missing = run(str(REPO / "predict.py"), "ckpt_path=run", "input=nowhere.tif", "output=x", "hydra.run.dir=p2")
     assert missing.returncode != 0 and "nowhere.tif is neither a dataset folder nor a TIFF file" in missing.stderr
+
+
+def test_seeded_training_is_reproducible(tiny_dataset, tmp_path):
+    # seed: 0 is a seed: the same config trains to the same weights, augmentation included
+    overrides = FAST_TRAIN + [f"data.data_dir={tiny_dataset}", "evaluate=false", "trainer.max_epochs=1"]
+    weights = []
+    for run in ("a", "b"):
+        _, objects = train(compose_config("train", overrides, tmp_path / run))
+        weights.append(torch.cat([p.detach().flatten() for p in objects["model"].parameters()]))
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)
+    _, objects = train(compose_config("train", overrides + ["seed=1"], tmp_path / "c"))
+    other = torch.cat([p.detach().flatten() for p in objects["model"].parameters()])
+    assert not torch.equal(weights[0], other)

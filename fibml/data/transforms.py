@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 __all__ = ["Augmentation", "normalize_stack"]
 
@@ -27,12 +28,21 @@ class Augmentation:
     2D/2.5D patches (C, H, W) become one H x W x C image; 3D patches (C, D, H, W) become
     H x W x (C*D) with a H x W x D mask, so every slice and voltage sees the same flip,
     rotation and crop.
+
+    albumentations draws from its own generators; they are re-seeded from torch's seed of the
+    current process, which Lightning's seed_everything(workers=True) sets per DataLoader
+    worker, so a seeded run augments the same way every time and each worker differently.
     """
 
     def __init__(self, transform):
         self.transform = transform
+        self._seed: int | None = None
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        seed = torch.initial_seed() % 2**32
+        if seed != self._seed:  # first call in this process or worker
+            self.transform.set_random_seed(seed)
+            self._seed = seed
         spatial = image.shape[1:]
         channels = image.reshape(-1, *spatial[-2:])  # (C or C*D, H, W)
         layers = mask.reshape(-1, *spatial[-2:])  # (1 or D, H, W)
