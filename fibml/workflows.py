@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fibml.callbacks import CONFIG_KEY, EmbedRunConfig
 from fibml.config import register_resolvers
-from fibml.data.transforms import normalize_stack
+from fibml.data.transforms import normalize_channels
 from fibml.inference import predict_volume, resolve_device
 from fibml.io import read_dataset, read_stack, write_json, write_stack
 from fibml.metrics.confusion import segmentation_scores
@@ -132,7 +132,7 @@ def predict(cfg: DictConfig) -> Path:
     else:
         raise FileNotFoundError(f"input {source} is neither a dataset folder nor a TIFF file")
     voxel = cfg.get("voxel_size_nm") or voxel
-    images = np.stack([normalize_stack(s, **run_cfg.data.get("normalize", {})) for s in stacks])
+    images = normalize_channels(stacks, **run_cfg.data.get("normalize", {}))
     probabilities = _predict(model, images, settings, cfg.inference)
     segmentation = probabilities.argmax(0).astype(np.uint8)
 

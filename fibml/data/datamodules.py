@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from fibml.data.patches import DIMS, PatchDataset, split_z_blocks
-from fibml.data.transforms import Augmentation, normalize_stack
+from fibml.data.transforms import Augmentation, normalize_channels
 from fibml.io import read_dataset
 from fibml.synth.dataset import cached_dataset
 
@@ -85,7 +84,7 @@ class FIBSEMDataModule(pl.LightningDataModule):
         if self.images is not None:
             return
         self.dataset = read_dataset(self.dataset_path, self.voltages, require_labels=True)
-        self.images = np.stack([normalize_stack(self.dataset.images[v], **self.normalize) for v in self.voltages])
+        self.images = normalize_channels([self.dataset.images[v] for v in self.voltages], **self.normalize)
         self.labels = self.dataset.labels
         periodic = bool(self.dataset.manifest.get("periodic", False))
         self.blocks = split_z_blocks(self.labels.shape[0], periodic=periodic, **self.split)

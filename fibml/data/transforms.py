@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["Augmentation", "normalize_stack"]
+__all__ = ["Augmentation", "normalize_channels", "normalize_stack"]
 
 
 def normalize_stack(stack: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
@@ -20,6 +20,11 @@ def normalize_stack(stack: np.ndarray, low: float = 0.5, high: float = 99.5) -> 
     if hi <= lo:
         raise ValueError(f"stack has no contrast between its {low} and {high} percentiles ({lo} .. {hi})")
     return np.clip((stack - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def normalize_channels(stacks, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Network input from one (z, y, x) stack per voltage: (channel, z, y, x), each normalised."""
+    return np.stack([normalize_stack(stack, low, high) for stack in stacks])
 
 
 class Augmentation:
