@@ -23,8 +23,37 @@ def spatial_dims(dims: str) -> int:
     return 3 if dims == "3d" else 2
 
 
+def channels_per_voltage(dims: str, n_adjacent: int) -> int:
+    """Input channels one voltage contributes: k adjacent slices in 2.5D, else 1."""
+    return in_channels([0], dims, n_adjacent)
+
+
+def n_voltages(voltages) -> int:
+    """Number of voltages (detectors): the branches of a fusion net."""
+    return len(voltages)
+
+
+def branch_epochs(branch_ckpts, max_epochs) -> int:
+    """Late fusion's first stage: 0 when the branches come trained from checkpoints, else 70 % of
+    the epochs (the branches converge first; the ensemble layer has a handful of weights)."""
+    if branch_ckpts:
+        return 0
+    if max_epochs is None or int(max_epochs) < 0:
+        return 70
+    return max(1, round(0.7 * int(max_epochs)))
+
+
+RESOLVERS = {
+    "fibml.in_channels": in_channels,
+    "fibml.spatial_dims": spatial_dims,
+    "fibml.channels_per_voltage": channels_per_voltage,
+    "fibml.n_voltages": n_voltages,
+    "fibml.branch_epochs": branch_epochs,
+}
+
+
 def register_resolvers() -> None:
     """Register fibml's resolvers once (safe to call repeatedly)."""
-    for name, fn in {"fibml.in_channels": in_channels, "fibml.spatial_dims": spatial_dims}.items():
+    for name, fn in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -34,6 +34,14 @@ FAST_TRAIN = [
 ]
 
 
+def small_net(overrides: list[str], experiment: str) -> list[str]:
+    """FAST_TRAIN-style overrides with the U-Net width set where the experiment's model keeps
+    it: model.net for single U-Nets and early fusion, model.net.branch for the branched nets."""
+    if "intermediate_fusion" in experiment or "late_fusion" in experiment:
+        return [o.replace("model.net.features", "model.net.branch.features") for o in overrides]
+    return list(overrides)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("data") / "tiny"

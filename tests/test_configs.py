@@ -1,31 +1,60 @@
 """Every experiment and script config composes and instantiates, so no config rots."""
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from fibml.config import CONFIG_DIR
 from fibml.data.datamodules import FIBSEMDataModule
+from fibml.nets.unet import ResidualUNet
+from fibml.tasks.fusion import LateFusionTask
 from fibml.tasks.segmentation import SegmentationTask
+from fibml.workflows import build_model
 from tests.conftest import compose_config
 
-EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+# files starting with "_" are fragments the experiments include (e.g. the 3D data settings)
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("[!_]*.yaml"))
 EXPECTED_INPUT = {"2d": (2, 1), "2.5d": (2, 7), "3d": (3, 1)}  # spatial dims, slices per voltage
 
 
 def test_there_are_experiments():
-    assert {"single_voltage", "single_voltage_25d", "single_voltage_3d"} <= set(EXPERIMENTS)
+    methods = ("single_voltage", "early_fusion", "intermediate_fusion", "late_fusion")
+    assert {f"{m}{v}" for m in methods for v in ("", "_25d", "_3d")} <= set(EXPERIMENTS)
+
+
+def _first_convs(net) -> list:
+    """The first convolution of every input branch (one for a plain U-Net)."""
+    if isinstance(net, ResidualUNet):
+        return [net.encoder[0][0].conv1]
+    return [conv for branch in net.branches for conv in _first_convs(branch)]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_instantiates(experiment, tmp_path):
     cfg = compose_config("train", [f"experiment={experiment}"], tmp_path)
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    model = build_model(cfg.model)
     assert isinstance(datamodule, FIBSEMDataModule) and isinstance(model, SegmentationTask)
     spatial, slices = EXPECTED_INPUT[cfg.data.dims]
-    assert model.net.spatial_dims == spatial
-    assert model.net.encoder[0][0].conv1.in_channels == len(cfg.data.voltages) * slices
+    assert cfg.data.dims == ("3d" if experiment.endswith("_3d") else "2.5d" if experiment.endswith("_25d") else "2d")
+    voltages = len(cfg.data.voltages)
+    assert voltages == (1 if experiment.startswith("single") else 3)
+    convs = _first_convs(model.net)
+    assert all(conv.in_channels * len(convs) == voltages * slices for conv in convs)
+    assert all(isinstance(conv, (torch.nn.Conv2d, torch.nn.Conv3d)[spatial - 2]) for conv in convs)
+    assert len(convs) == (voltages if "intermediate" in experiment or "late" in experiment else 1)
+    assert isinstance(model, LateFusionTask) == experiment.startswith("late_fusion")
     assert cfg.trainer.max_epochs == 100 and cfg.callbacks.early_stopping.patience == 25
+    assert cfg.model.optimizer.lr == 1e-4 and cfg.data.batch_size == (16 if spatial == 3 else 64)
+
+
+def test_late_fusion_branch_stage_follows_the_epochs(tmp_path):
+    cfg = compose_config("train", ["experiment=late_fusion"], tmp_path)
+    assert cfg.model.branch_epochs == 70
+    cfg = compose_config("train", ["experiment=late_fusion", "trainer.max_epochs=20"], tmp_path)
+    assert cfg.model.branch_epochs == 14
+    cfg = compose_config("train", ["experiment=late_fusion", "model.branch_ckpts=[a,b,c]"], tmp_path)
+    assert cfg.model.branch_epochs == 0  # trained branches: only the ensemble learns
 
 
 def test_paper_training_settings_are_the_defaults(tmp_path):

@@ -12,10 +12,10 @@ import torch
 
 from fibml.io import read_stack, write_stack
 from fibml.workflows import evaluate, predict, train
-from tests.conftest import FAST_TRAIN, compose_config
+from tests.conftest import FAST_TRAIN, compose_config, small_net
 
 REPO = Path(__file__).resolve().parent.parent
-EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("[!_]*.yaml"))
 
 
 def _read_metrics(run: Path) -> dict:
@@ -74,7 +74,7 @@ def test_train_evaluate_predict(tiny_dataset, tmp_path):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_a_step(experiment, tiny_dataset, tmp_path):
-    overrides = [f"experiment={experiment}", "debug=fdr", f"data.data_dir={tiny_dataset}"] + FAST_TRAIN
+    overrides = [f"experiment={experiment}", "debug=fdr", f"data.data_dir={tiny_dataset}"] + small_net(FAST_TRAIN, experiment)
     if "3d" in experiment:
         overrides += ["data.patch_size=[4,32,32]", "data.stride=[4,16,16]", "data.batch_size=2"]
     cfg = compose_config("train", overrides, tmp_path)

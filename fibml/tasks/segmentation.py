@@ -62,15 +62,25 @@ class SegmentationTask(pl.LightningModule):
 
     def _step(self, batch, metrics: MetricCollection, stage: str) -> Tensor:
         x, y = batch
-        logits = self.net(x)
-        loss = self.loss(logits, y.unsqueeze(1))
+        logits, loss, objective = self.forward_loss(x, y, stage)
         metrics.update(logits.detach().argmax(1), y)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
-        return loss
+        return objective
+
+    def forward_loss(self, x: Tensor, y: Tensor, stage: str) -> tuple[Tensor, Tensor, Tensor]:
+        """(logits, the loss logged as <stage>/loss, the objective to minimise); subclasses with
+        auxiliary losses (late fusion's branches) return a different objective."""
+        logits = self.net(x)
+        loss = self.loss(logits, y.unsqueeze(1))
+        return logits, loss, loss
+
+    def parameter_groups(self):
+        """What the optimizer updates: all parameters here; subclasses may return param groups."""
+        return self.parameters()
 
     def configure_optimizers(self):
-        optimizer = self.hparams.optimizer(params=self.parameters())
+        optimizer = self.hparams.optimizer(params=self.parameter_groups())
         if self.hparams.scheduler is None:
             return optimizer
         scheduler = self.hparams.scheduler(optimizer=optimizer)
