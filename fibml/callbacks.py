@@ -6,17 +6,20 @@ from collections.abc import Mapping
 
 import pytorch_lightning as pl
 
-__all__ = ["CONFIG_KEY", "EmbedRunConfig"]
+__all__ = ["CONFIG_KEY", "LOGGERS_KEY", "EmbedRunConfig"]
 
 CONFIG_KEY = "fibml_config"
+LOGGERS_KEY = "fibml_loggers"  # logger class name -> run id / version, so a resumed run continues them
 
 
 class EmbedRunConfig(pl.Callback):
     """Store the run's resolved config in every checkpoint, so evaluate.py and predict.py
-    rebuild exactly the trained model (and its data settings) wherever the file goes."""
+    rebuild exactly the trained model (and its data settings) wherever the file goes; and the
+    loggers' run ids, so that `ckpt_path=...` continues the same wandb / CSV run."""
 
     def __init__(self, config: Mapping):
         self.config = dict(config)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         checkpoint[CONFIG_KEY] = self.config
+        checkpoint[LOGGERS_KEY] = {type(logger).__name__: logger.version for logger in trainer.loggers}
