@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 
 from fibml.io import atomic_path  # noqa: E402
 
-__all__ = ["markdown_table", "save_sections", "write_table"]
+__all__ = ["markdown_table", "save_comparison", "save_sections", "write_table"]
 
 
 def write_table(rows: Sequence[Mapping], stem: str | Path) -> str:
@@ -81,6 +81,41 @@ def save_sections(
         title = f"{title}   (errors: red = false solid, blue = missed solid)".strip()
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def save_comparison(
+    path: str | Path,
+    image: np.ndarray,
+    labels: np.ndarray,
+    predictions: Mapping[str, np.ndarray],
+    z: int | None = None,
+    title: str = "",
+    columns: int = 4,
+) -> Path:
+    """PNG of one xy slice (default: the middle one) of (z, y, x) stacks: the image, the ground
+    truth, and every method's prediction with its errors coloured (solid white, pore black,
+    false solid red, missed solid blue), so methods can be compared pixel by pixel."""
+    z = labels.shape[0] // 2 if z is None else z
+    panels = [("image", image[z], "gray"), ("ground truth", labels[z], "gray")]
+    panels += [(name, _error_map(p[z], labels[z]), None) for name, p in predictions.items()]
+    rows = -(-len(panels) // columns)
+    cols = min(columns, len(panels))
+    fig, axes = plt.subplots(rows, cols, squeeze=False, figsize=(3.2 * cols, 3.4 * rows + 0.6))
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, (name, data, cmap) in zip(axes.flat, panels):
+        ax.imshow(data, cmap=cmap, interpolation="nearest")
+        if name not in ("image", "ground truth"):
+            wrong = float((predictions[name][z] != labels[z]).mean()) * 100
+            name = f"{name}\n{wrong:.2f} % wrong in this slice"
+        ax.set_title(name, fontsize=8)
+    fig.suptitle(f"{title}   z = {z}   (errors: red = false solid, blue = missed solid)".strip(), fontsize=9)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -6,6 +6,9 @@ The scripts only compose the config and call these; tests call them directly.
 from __future__ import annotations
 
 import logging
+import math
+import re
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,17 +16,20 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fibml.callbacks import CONFIG_KEY, EmbedRunConfig
+from fibml.callbacks import CONFIG_KEY, LOGGERS_KEY, EmbedRunConfig
 from fibml.config import register_resolvers
 from fibml.data.transforms import normalize_channels
 from fibml.inference import predict_volume, resolve_device
 from fibml.io import read_dataset, read_stack, write_json, write_stack
 from fibml.metrics.confusion import segmentation_scores
-from fibml.report import save_sections, write_table
+from fibml.report import save_comparison, save_sections, write_table
 
-__all__ = ["evaluate", "evaluate_model", "load_model", "predict", "resolve_checkpoint", "train"]
+__all__ = [
+    "build_model", "evaluate", "evaluate_model", "load_model", "predict", "resolve_checkpoint", "train",
+    "train_objective", "voltage_weights",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +40,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     register_resolvers()
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
+    resume = _prepare_resume(cfg) if cfg.get("ckpt_path") else None
+    branches = _adopt_branch_checkpoints(cfg) if cfg.model.get("branch_ckpts") else None
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    model = build_model(cfg.model)
+    if branches:
+        _load_branches(model, branches)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_config.pop("hydra", None)
     callbacks = _instantiate_group(cfg.get("callbacks")) + [EmbedRunConfig(run_config)]
@@ -45,8 +55,18 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         logger.log_hyperparams(run_config)
 
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        try:
+            # weights_only=False: fibml's checkpoints carry their run config and the optimizer
+            # partials in hparams, which the safe unpickler refuses; they are the user's own files.
+            trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=False if resume else None)
+        finally:
+            _finish_loggers(loggers)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    weights = voltage_weights(model, cfg.data.voltages)
+    if weights and trainer.is_global_zero:
+        metrics.update({f"ensemble/weight_{v}": w for v, w in weights.items()})
+        write_json(Path(cfg.paths.output_dir) / "voltage_weights.json", weights)
+        log.info("learned weight of each voltage: %s", _format_weights(weights))
 
     if cfg.get("evaluate", False) and trainer.is_global_zero:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
@@ -59,21 +79,93 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     return metrics, {"model": model, "datamodule": datamodule, "trainer": trainer}
 
 
-def evaluate(cfg: DictConfig) -> dict:
-    """Rebuild a trained model from its checkpoint's own config and score it on ground truth."""
-    checkpoint = resolve_checkpoint(cfg.ckpt_path)
-    model, run_cfg = load_model(checkpoint)
-    data_cfg = run_cfg.data
-    data_cfg.augmentation = None
-    if cfg.get("data_dir"):
-        data_cfg.data_dir = str(cfg.data_dir)
-    datamodule = instantiate(data_cfg)
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    return evaluate_model(
-        model, datamodule, Path(cfg.paths.output_dir), method_name(run_cfg), cfg.inference,
-        split=cfg.get("split", "test"), save_predictions=cfg.get("save_predictions", True),
-    )
+def train_objective(cfg: DictConfig) -> float | None:
+    """What train.py returns to a sweeper: the value of cfg.optimized_metric (NaN when the run
+    did not log it, which Optuna records as a failed trial). When training raises, the
+    traceback goes to error.txt in the run folder before the error propagates: Hydra marks the
+    job failed, and the Optuna sweeper records the trial as FAIL and goes on (max_failure_rate)."""
+    try:
+        metrics, _ = train(cfg)
+    except Exception:
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "error.txt").write_text(traceback.format_exc())
+        log.exception("training failed; traceback in %s", out / "error.txt")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # an out-of-memory trial must not starve the next one
+        raise
+    metric = cfg.get("optimized_metric")
+    if not metric:
+        return None
+    value = metrics.get(metric, float("nan"))
+    if not math.isfinite(value):
+        log.warning("optimized_metric %s is %s (logged: %s)", metric, value, sorted(metrics))
+    return value
+
+
+def evaluate(cfg: DictConfig) -> dict | list[dict]:
+    """Score trained models (and classical baselines) on ground truth, all on the same slices.
+
+    cfg.ckpt_path is one checkpoint / run folder, or a list of them. Each model is rebuilt from
+    its checkpoint's own config and predicts the split of its dataset (or of cfg.data_dir). One
+    model alone: metrics.csv / metrics.md / slices.png / prediction.tif in the output folder, as
+    after training. Several methods: one subfolder each, and the comparison in the output folder:
+    metrics.csv / metrics.md (one row per method, Table 2 layout), comparison.md (measures as
+    rows, methods as columns, Table 3 layout) and comparison.png (one slice: ground truth and
+    every method's prediction with its errors coloured)."""
+    specs = list(cfg.ckpt_path) if OmegaConf.is_list(cfg.ckpt_path) else [cfg.ckpt_path]
+    kmeans = (cfg.get("baselines") or {}).get("kmeans") or {}
+    several = len(specs) + len(kmeans.get("voltages") or []) > 1
+    out = Path(cfg.paths.output_dir)
+    split = cfg.get("split", "test")
+    rows, panels, reference = [], {}, None
+    for spec in specs:
+        checkpoint = resolve_checkpoint(spec)
+        model, run_cfg = load_model(checkpoint)
+        data_cfg = run_cfg.data
+        data_cfg.augmentation = None
+        if cfg.get("data_dir"):
+            data_cfg.data_dir = str(cfg.data_dir)
+        datamodule = instantiate(data_cfg)
+        datamodule.prepare_data()
+        datamodule.setup("test")
+        name = _unique(method_name(run_cfg), [r["method"] for r in rows], checkpoint)
+        where = (Path(datamodule.dataset_path).resolve(), datamodule.z_range(split))
+        if reference is None:
+            reference = (where, datamodule)
+        elif where != reference[0] or not np.array_equal(
+            datamodule.labels[where[1].start : where[1].stop], reference[1].labels[where[1].start : where[1].stop]
+        ):
+            raise ValueError(
+                f"{checkpoint} would be scored on {where[0]} z {where[1].start}-{where[1].stop - 1}, the first "
+                f"model on {reference[0][0]} z {reference[0][1].start}-{reference[0][1].stop - 1}: pass "
+                f"data_dir=<dataset> (and split=all for a separate test dataset) to score all on the same slices"
+            )
+        row, prediction = _evaluate_one(
+            model, datamodule, out / _slug(name) if several else out, name, cfg.inference, split,
+            cfg.get("save_predictions", True), print_table=not several,
+        )
+        rows.append(row)
+        panels[name] = prediction
+    if kmeans.get("voltages"):
+        if reference is None:
+            raise ValueError("baselines.kmeans needs at least one checkpoint: its dataset and split define the slices")
+        rows += _kmeans_rows(kmeans, reference[1], split, panels)
+    if not several:
+        return rows[0]
+    (where, datamodule) = reference
+    z = where[1]
+    truth = datamodule.labels[z.start : z.stop]
+    out.mkdir(parents=True, exist_ok=True)
+    table = write_table(rows, out / "metrics")
+    measures = ("MP %", "MGP %", "MDS", "solid fraction")
+    transposed = [{"measure": m, "ground truth": {"MP %": 0.0, "MGP %": 0.0, "MDS": 1.0}.get(m, float((truth == 1).mean()))}
+                  | {r["method"]: r[m] for r in rows} for m in measures]
+    comparison = write_table(transposed, out / "comparison")
+    save_comparison(out / "comparison.png", datamodule.images[0, z.start : z.stop], truth, panels,
+                    title=f"{where[0].name}, {split} block, middle slice")
+    print(f"\n{table}\n\n{comparison}\n\nwritten to {out}")
+    return rows
 
 
 def evaluate_model(
@@ -87,12 +179,24 @@ def evaluate_model(
 ) -> dict:
     """Predict a split of the datamodule's volume slice by slice (sliding window over whole
     slices), compare with the labels, write metrics.csv / metrics.md / slices.png, print the table."""
+    return _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predictions)[0]
+
+
+def _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predictions, print_table=True):
     z = datamodule.z_range(split)
     probabilities = _predict(model, datamodule.images, _data_settings(datamodule), inference, z)
     prediction = probabilities.argmax(0).astype(np.uint8)
-    truth = datamodule.labels[z.start : z.stop]
-    scores = segmentation_scores(prediction, truth, n_classes=probabilities.shape[0])
-    row = {
+    row = _score_row(name, split, z, prediction, datamodule.labels[z.start : z.stop], probabilities.shape[0])
+    weights = voltage_weights(model, getattr(datamodule, "voltages", None))
+    if weights:
+        row["voltage weights"] = _format_weights(weights)
+    _write_method(out_dir, row, prediction, datamodule, z, save_predictions, print_table)
+    return row, prediction
+
+
+def _score_row(name: str, split: str, z: range, prediction: np.ndarray, truth: np.ndarray, n_classes: int) -> dict:
+    scores = segmentation_scores(prediction, truth, n_classes=n_classes)
+    return {
         "method": name,
         "split": f"{split} (z {z.start}-{z.stop - 1})",
         "MP %": scores["mp"],
@@ -101,14 +205,47 @@ def evaluate_model(
         "solid fraction": float((prediction == 1).mean()),
         "solid fraction (GT)": float((truth == 1).mean()),
     }
+
+
+def _write_method(out_dir: Path, row: dict, prediction, datamodule, z: range, save_predictions: bool, print_table: bool):
     out_dir.mkdir(parents=True, exist_ok=True)
     table = write_table([row], out_dir / "metrics")
     voxel = datamodule.dataset.voxel_size_nm
-    save_sections(out_dir / "slices.png", datamodule.images[0, z.start : z.stop], prediction, truth, voxel, title=name)
+    truth = datamodule.labels[z.start : z.stop]
+    save_sections(out_dir / "slices.png", datamodule.images[0, z.start : z.stop], prediction, truth, voxel,
+                  title=row["method"])
     if save_predictions:
         write_stack(out_dir / "prediction.tif", prediction, voxel)
-    print(f"\n{table}\n\nwritten to {out_dir}")
-    return row
+    if print_table:
+        print(f"\n{table}\n\nwritten to {out_dir}")
+
+
+def _kmeans_rows(settings: Mapping, datamodule, split: str, panels: dict) -> list[dict]:
+    """k-means on each listed voltage alone, on the same slices as the models (Table 3)."""
+    from fibml.baselines.clustering import kmeans_segmentation
+
+    z = datamodule.z_range(split)
+    truth = datamodule.labels[z.start : z.stop]
+    dataset = read_dataset(datamodule.dataset_path, [float(v) for v in settings["voltages"]], require_labels=False)
+    options = {k: v for k, v in settings.items() if k != "voltages"}
+    rows = []
+    for voltage, stack in dataset.images.items():
+        prediction = kmeans_segmentation(stack[z.start : z.stop], **options)
+        name = f"k-means (k={options.get('n_clusters', 3)}), {voltage:g} kV"
+        rows.append(_score_row(name, split, z, prediction, truth, 2))
+        panels[name] = prediction
+    return rows
+
+
+def _unique(name: str, taken: list[str], checkpoint: Path) -> str:
+    if name not in taken:
+        return name
+    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return f"{name} ({run.name})"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", name).strip("_")
 
 
 def predict(cfg: DictConfig) -> Path:
@@ -157,13 +294,13 @@ def predict(cfg: DictConfig) -> Path:
     return out
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+def resolve_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt", "last.ckpt")) -> Path:
     """A checkpoint file, or a training run folder (its checkpoints/best.ckpt, else last.ckpt)."""
     path = Path(path)
     if path.is_file():
         return path
     if path.is_dir():
-        for name in ("best.ckpt", "last.ckpt"):
+        for name in prefer:
             for candidate in (path / "checkpoints" / name, path / name):
                 if candidate.is_file():
                     return candidate
@@ -178,9 +315,110 @@ def load_model(checkpoint: str | Path):
     if CONFIG_KEY not in state:
         raise ValueError(f"{checkpoint} holds no fibml config: it was not written by fibml's train.py")
     run_cfg = OmegaConf.create(state[CONFIG_KEY])
-    model = instantiate(run_cfg.model)
+    model = build_model(run_cfg.model)
     model.load_state_dict(state["state_dict"])
     return model.eval(), run_cfg
+
+
+def build_model(model_cfg: DictConfig):
+    """Instantiate a model config. ``branch_ckpts`` (late fusion) is not a constructor argument:
+    train() loads those weights after building; everywhere else the checkpoint holds them."""
+    node = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
+    node.pop("branch_ckpts", None)
+    return instantiate(node)
+
+
+def voltage_weights(model, voltages) -> dict[str, float]:
+    """{'1kV': w, ...}: the learned weight of each voltage of a late-fusion model, else {}."""
+    net = getattr(model, "net", None)
+    if not hasattr(net, "voltage_weights"):
+        return {}
+    names = [f"{float(v):g}kV" for v in voltages] if voltages is not None else [
+        f"branch{i}" for i in range(net.n_voltages)
+    ]
+    return dict(zip(names, net.voltage_weights()))
+
+
+def _format_weights(weights: Mapping[str, float]) -> str:
+    return ", ".join(f"{name} {w:.2f}" for name, w in weights.items())
+
+
+def _adopt_branch_checkpoints(cfg: DictConfig) -> list[dict]:
+    """Check model.branch_ckpts against the data (one single-voltage model per voltage, same input
+    layout, same architecture), put their net config into cfg.model.net.branch so the run's own
+    config describes the model it trains, and return their branch state dicts."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    voltages = [float(v) for v in data["voltages"]]
+    paths = [resolve_checkpoint(p) for p in cfg.model.branch_ckpts]
+    if len(paths) != len(voltages):
+        raise ValueError(
+            f"model.branch_ckpts names {len(paths)} checkpoints for the {len(voltages)} voltages {voltages} kV "
+            f"of data.voltages: give one single-voltage checkpoint per voltage, in that order"
+        )
+    nets, states = [], []
+    for path, voltage in zip(paths, voltages):
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if CONFIG_KEY not in state:
+            raise ValueError(f"{path} holds no fibml config: it was not written by fibml's train.py")
+        run = state[CONFIG_KEY]
+        trained = [float(v) for v in run["data"]["voltages"]]
+        if trained != [voltage]:
+            raise ValueError(f"{path} was trained on {trained} kV; this branch needs a single-voltage model at {voltage:g} kV")
+        for key in ("dims", "normalize") + (("n_adjacent",) if data["dims"] == "2.5d" else ()):
+            if run["data"].get(key) != data.get(key):
+                raise ValueError(f"{path} was trained with data.{key}={run['data'].get(key)}, this run has {data.get(key)}")
+        net = dict(run["model"]["net"])
+        if not str(net.get("_target_", "")).endswith("ResidualUNet"):
+            raise ValueError(f"{path} is a {net.get('_target_')} model; late-fusion branches are single-voltage U-Nets")
+        nets.append(net)
+        states.append({k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")})
+    if any(net != nets[0] for net in nets[1:]):
+        raise ValueError(f"the branch checkpoints {[str(p) for p in paths]} have different architectures: {nets}")
+    with open_dict(cfg):
+        cfg.model.net.branch = {**nets[0], "_partial_": True}
+    log.info("late-fusion branches from %s", ", ".join(str(p) for p in paths))
+    return states
+
+
+def _load_branches(model, states: list[dict]) -> None:
+    for branch, state in zip(model.net.branches, states):
+        branch.load_state_dict(state)
+
+
+def _prepare_resume(cfg: DictConfig) -> str:
+    """For ckpt_path = 'last', a run folder or a .ckpt: continue that run in its own folder, with
+    the same logger run ids. Returns the checkpoint for Trainer.fit."""
+    spec = str(cfg.ckpt_path)
+    if spec == "last":
+        runs = Path(cfg.paths.log_dir) / str(cfg.task_name) / "runs"
+        found = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(f"ckpt_path=last: no run under {runs} has checkpoints/last.ckpt")
+        checkpoint = found[-1]
+    else:
+        checkpoint = resolve_checkpoint(spec, prefer=("last.ckpt", "best.ckpt"))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    trained = (state.get(CONFIG_KEY) or {}).get("model", {}).get("net")
+    current = OmegaConf.to_container(cfg.model.net, resolve=True)
+    if trained is not None and trained != current:
+        raise ValueError(
+            f"{checkpoint} was trained with another network ({trained.get('_target_')}, tags "
+            f"{state[CONFIG_KEY].get('tags')}); resume with the same experiment and model settings"
+        )
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    ids = state.get(LOGGERS_KEY, {})
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+        for node in (cfg.get("logger") or {}).values():
+            if not isinstance(node, DictConfig) or "_target_" not in node:
+                continue
+            kind = str(node._target_).rsplit(".", 1)[-1]
+            if kind == "WandbLogger" and ids.get(kind):
+                node.id, node.resume = ids[kind], "allow"
+            elif kind == "CSVLogger" and ids.get(kind) is not None:
+                node.version = ids[kind]
+    log.info("resuming %s from %s (this launch's own folder keeps only its log)", run_dir, checkpoint)
+    return str(checkpoint)
 
 
 def method_name(run_cfg: Mapping) -> str:
@@ -206,6 +444,13 @@ def _data_settings(data) -> dict:
     """The input layout a model was trained with, from its data config or its datamodule."""
     keys = ("dims", "patch_size", "n_adjacent")
     return {k: data[k] if isinstance(data, Mapping) else getattr(data, k) for k in keys}
+
+
+def _finish_loggers(loggers: list) -> None:
+    """Close the wandb run, so the next run in this process (a sweep trial, a test) gets its own."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
+            logger.experiment.finish()
 
 
 def _instantiate_group(group: DictConfig | None) -> list:

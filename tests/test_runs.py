@@ -1,0 +1,127 @@
+"""Training runs beyond one model: late fusion from single-voltage checkpoints, and resuming."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fibml.workflows import load_model, train
+from tests.conftest import FAST_TRAIN, compose_config, small_net
+
+
+def _single(tiny_dataset, tmp_path, voltage: float, extra=()) -> Path:
+    overrides = FAST_TRAIN + [
+        "experiment=single_voltage", f"data.data_dir={tiny_dataset}", f"data.voltages=[{voltage}]",
+        "trainer.max_epochs=1", "evaluate=false", *extra,
+    ]
+    cfg = compose_config("train", overrides, tmp_path / f"{voltage}kV")
+    train(cfg)
+    return Path(cfg.paths.output_dir)
+
+
+@pytest.fixture(scope="module")
+def single_runs(tiny_dataset, tmp_path_factory) -> dict[float, Path]:
+    root = tmp_path_factory.mktemp("singles")
+    return {v: _single(tiny_dataset, root, v) for v in (1, 2, 4)}
+
+
+def test_late_fusion_from_single_voltage_checkpoints(single_runs, tiny_dataset, tmp_path):
+    ckpts = ",".join(str(single_runs[v]) for v in (1, 2, 4))
+    overrides = small_net(FAST_TRAIN, "late_fusion") + [
+        "experiment=late_fusion", f"data.data_dir={tiny_dataset}", f"model.branch_ckpts=[{ckpts}]",
+        "model.net.branch.features=[4,4]",  # overridden by the checkpoints' own architecture
+    ]
+    cfg = compose_config("train", overrides, tmp_path)
+    metrics, objects = train(cfg)
+    model = objects["model"]
+    assert model.branch_epochs == 0 and cfg.model.net.branch.features == [8, 16]
+    for v, branch in zip((1, 2, 4), model.net.branches):  # the trained single-voltage nets, untouched
+        single, _ = load_model(single_runs[v] / "checkpoints" / "best.ckpt")
+        for (name, a), b in zip(single.net.state_dict().items(), branch.state_dict().values()):
+            assert torch.equal(a, b), (v, name)
+    run = Path(cfg.paths.output_dir)
+    weights = json.loads((run / "voltage_weights.json").read_text())
+    assert list(weights) == ["1kV", "2kV", "4kV"] and sum(weights.values()) == pytest.approx(1.0)
+    assert weights["1kV"] != pytest.approx(1 / 3)  # the ensemble learned (it starts at 1/3 each)
+    assert "voltage weights" in (run / "metrics.md").read_text()
+    # the checkpoint alone rebuilds the whole late-fusion model, branch files not needed
+    rebuilt, run_cfg = load_model(run / "checkpoints" / "best.ckpt")
+    assert run_cfg.model.branch_ckpts is not None and type(rebuilt.net).__name__ == "LateFusion"
+
+
+def test_branch_checkpoints_must_match_the_voltages(single_runs, tiny_dataset, tmp_path):
+    base = small_net(FAST_TRAIN, "late_fusion") + ["experiment=late_fusion", f"data.data_dir={tiny_dataset}"]
+    swapped = f"model.branch_ckpts=[{single_runs[2]},{single_runs[1]},{single_runs[4]}]"
+    with pytest.raises(ValueError, match=r"was trained on \[2.0\] kV; this branch needs a single-voltage model at 1 kV"):
+        train(compose_config("train", base + [swapped], tmp_path / "a"))
+    two = f"model.branch_ckpts=[{single_runs[1]},{single_runs[2]}]"
+    with pytest.raises(ValueError, match=r"names 2 checkpoints for the 3 voltages"):
+        train(compose_config("train", base + [two], tmp_path / "b"))
+
+
+def test_resume_continues_the_same_run(tiny_dataset, tmp_path):
+    overrides = FAST_TRAIN + [f"data.data_dir={tiny_dataset}", "evaluate=false", "logger=wandb",
+                              "trainer.max_epochs=1"]
+    first = compose_config("train", overrides, tmp_path / "first")
+    _, objects = train(first)
+    run = Path(first.paths.output_dir)
+    wandb_id = objects["trainer"].logger.version
+    assert objects["trainer"].current_epoch == 1
+    steps = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    assert steps == 3  # limit_train_batches=3, one epoch
+
+    again = compose_config("train", overrides[:-1] + ["trainer.max_epochs=3", f"ckpt_path={run}"], tmp_path / "again")
+    _, objects = train(again)
+    assert objects["trainer"].current_epoch == 3  # went on from epoch 1, not from 0
+    assert again.paths.output_dir == str(run)  # in the same folder
+    assert objects["trainer"].logger.version == wandb_id  # and the same wandb run
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 9 and state["fibml_loggers"]["WandbLogger"] == wandb_id  # 3 epochs x 3 steps
+
+    # ckpt_path=last finds the newest run of this task under paths.log_dir
+    last = compose_config("train", overrides[:-1] + ["trainer.max_epochs=4", "ckpt_path=last"], tmp_path / "last")
+    last.paths.log_dir = str(tmp_path / "logs")
+    (tmp_path / "logs" / "train" / "runs").mkdir(parents=True)
+    (tmp_path / "logs" / "train" / "runs" / "r1").symlink_to(run)
+    _, objects = train(last)
+    assert objects["trainer"].current_epoch == 4 and last.paths.output_dir == str(tmp_path / "logs/train/runs/r1")
+
+    other = compose_config("train", overrides + ["model.net.features=[4,8]", f"ckpt_path={run}"], tmp_path / "o")
+    with pytest.raises(ValueError, match="resume with the same experiment"):
+        train(other)
+
+
+def test_evaluate_compares_several_methods_on_the_same_slices(single_runs, tiny_dataset, tmp_path):
+    from fibml.workflows import evaluate
+
+    ckpts = ",".join(str(single_runs[v]) for v in (1, 2, 4))
+    cfg = compose_config(
+        "evaluate", [f"ckpt_path=[{ckpts}]", "baselines.kmeans.voltages=[1,4]", "inference.device=cpu"], tmp_path
+    )
+    rows = evaluate(cfg)
+    out = Path(cfg.paths.output_dir)
+    names = [r["method"] for r in rows]
+    assert names == ["ResidualUNet 2d, 1 kV", "ResidualUNet 2d, 2 kV", "ResidualUNet 2d, 4 kV",
+                     "k-means (k=3), 1 kV", "k-means (k=3), 4 kV"]
+    assert len({r["split"] for r in rows}) == 1  # all scored on the same slices
+    kmeans = {r["method"]: r["MP %"] for r in rows if r["method"].startswith("k-means")}
+    assert kmeans["k-means (k=3), 4 kV"] > kmeans["k-means (k=3), 1 kV"]  # shine-through grows with voltage
+    for name in ("metrics.csv", "metrics.md", "comparison.md", "comparison.png"):
+        assert (out / name).is_file(), name
+    comparison = (out / "comparison.md").read_text().splitlines()
+    assert comparison[0].startswith("| measure | ground truth | ResidualUNet 2d, 1 kV |")
+    assert [line.split("|")[1].strip() for line in comparison[2:]] == ["MP %", "MGP %", "MDS", "solid fraction"]
+    # each model's row is what evaluating it alone gives
+    alone = evaluate(compose_config("evaluate", [f"ckpt_path={single_runs[2]}", "inference.device=cpu"], tmp_path / "one"))
+    assert alone["MP %"] == pytest.approx(rows[1]["MP %"]) and alone["MDS"] == pytest.approx(rows[1]["MDS"])
+    assert (out / "ResidualUNet_2d_2_kV" / "prediction.tif").is_file()
+
+
+def test_evaluate_refuses_methods_scored_on_different_slices(single_runs, tiny_dataset, tmp_path):
+    from fibml.workflows import evaluate
+
+    other = _single(tiny_dataset, tmp_path, 2, extra=["data.split.gap=2"])  # another test block
+    cfg = compose_config("evaluate", [f"ckpt_path=[{single_runs[2]},{other}]", "inference.device=cpu"], tmp_path)
+    with pytest.raises(ValueError, match="pass data_dir=<dataset>"):
+        evaluate(cfg)
