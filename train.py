@@ -4,16 +4,14 @@ import hydra
 from omegaconf import DictConfig
 
 from fibml.config import register_resolvers
-from fibml.workflows import train
+from fibml.workflows import train_objective
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics, _ = train(cfg)
-    metric = cfg.get("optimized_metric")
-    return metrics.get(metric) if metric else None  # what a hyperparameter sweep optimises
+    return train_objective(cfg)  # the value of cfg.optimized_metric: what a sweep optimises
 
 
 if __name__ == "__main__":
