@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from fibml.data.patches import DIMS, PatchDataset, split_z_blocks
@@ -115,5 +116,6 @@ class FIBSEMDataModule(pl.LightningDataModule):
             shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),  # faster host-to-GPU copies
             drop_last=False,
         )

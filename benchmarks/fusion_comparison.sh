@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Issue 3's quality bar, Tables 2 and 3 of multi-voltage-multimodal-fusion.txt on synthetic data:
+# ML-singleV at 1, 2 and 4 kV, early, intermediate and late fusion (the paper's procedure:
+# branches = the single-voltage models, then the ensemble), all scored with k-means (k = 3) on
+# the same held-out synthetic volume (another seed of the default generator, every slice).
+# Volumes: seed 0 trains the networks, seed 1 scores them all.
+#
+#   bash benchmarks/fusion_comparison.sh [out_dir] [hydra overrides for every training ...]
+#   PARALLEL=1 bash benchmarks/fusion_comparison.sh logs/fusion trainer=gpu trainer.max_time=00:00:05:00
+#
+# SYNTH_ARGS="shape=[96,96,96] structure.coarse_wavelength_nm=100" makes small volumes (a quick check).
+# VARIANT=_25d (or _3d) runs the 2.5D (3D) variant of every model.
+# PARALLEL=1 trains the five independent models at once (one GPU holds them easily); the
+# default trains them one after another. Results: <out_dir>/comparison/{metrics,comparison}.md
+# and comparison.png; each training run in <out_dir>/<name>/.
+set -euo pipefail
+OUT=${1:-logs/fusion_comparison}
+shift || true
+PY=${PYTHON:-python}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$OUT"
+start=$(date +%s)
+
+"$PY" -m fibml.synth out="$OUT/data/train" seed=0 overwrite=true ${SYNTH_ARGS:-}
+"$PY" -m fibml.synth out="$OUT/data/heldout" seed=1 overwrite=true ${SYNTH_ARGS:-}
+
+train() {  # name, overrides...
+  local name=$1; shift
+  "$PY" "$REPO/train.py" "$@" data.data_dir="$OUT/data/train" evaluate=false logger=csv \
+    hydra.run.dir="$OUT/$name" "${EXTRA[@]}" > "$OUT/$name.log" 2>&1 \
+    && echo "trained $name ($(( $(date +%s) - start )) s)" || { echo "FAILED $name: see $OUT/$name.log"; return 1; }
+}
+EXTRA=("$@")
+V=${VARIANT:-}  # "" = 2D, _25d = 7 adjacent slices, _3d = 3D blocks
+jobs_=(
+  "single_1kV experiment=single_voltage$V data.voltages=[1]"
+  "single_2kV experiment=single_voltage$V data.voltages=[2]"
+  "single_4kV experiment=single_voltage$V data.voltages=[4]"
+  "early_fusion experiment=early_fusion$V"
+  "intermediate_fusion experiment=intermediate_fusion$V"
+)
+pids=()
+for job in "${jobs_[@]}"; do
+  # shellcheck disable=SC2086
+  if [[ "${PARALLEL:-0}" == 1 ]]; then train $job & pids+=($!); else train $job; fi
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+
+# late fusion as the paper trains it: the three single-voltage nets, frozen, and the ensemble
+# on the same training volume
+train late_fusion experiment=late_fusion$V \
+  "model.branch_ckpts=[$OUT/single_1kV,$OUT/single_2kV,$OUT/single_4kV]" trainer.max_epochs=20
+
+"$PY" "$REPO/evaluate.py" hydra.run.dir="$OUT/comparison" data_dir="$OUT/data/heldout" split=all \
+  "ckpt_path=[$OUT/single_1kV,$OUT/single_2kV,$OUT/single_4kV,$OUT/early_fusion,$OUT/intermediate_fusion,$OUT/late_fusion]" \
+  "baselines.kmeans.voltages=[1,2,4]" save_predictions=false
+echo "total $(( $(date +%s) - start )) s"
