@@ -122,50 +122,62 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
     for spec in specs:
         checkpoint = resolve_checkpoint(spec)
         model, run_cfg = load_model(checkpoint)
-        data_cfg = run_cfg.data
-        data_cfg.augmentation = None
-        if cfg.get("data_dir"):
-            data_cfg.data_dir = str(cfg.data_dir)
-        datamodule = instantiate(data_cfg)
-        datamodule.prepare_data()
-        datamodule.setup("test")
-        name = _unique(method_name(run_cfg), [r["method"] for r in rows], checkpoint)
-        where = (Path(datamodule.dataset_path).resolve(), datamodule.z_range(split))
+        datamodule = _test_datamodule(run_cfg.data, cfg.get("data_dir"))
         if reference is None:
-            reference = (where, datamodule)
-        elif where != reference[0] or not np.array_equal(
-            datamodule.labels[where[1].start : where[1].stop], reference[1].labels[where[1].start : where[1].stop]
-        ):
-            raise ValueError(
-                f"{checkpoint} would be scored on {where[0]} z {where[1].start}-{where[1].stop - 1}, the first "
-                f"model on {reference[0][0]} z {reference[0][1].start}-{reference[0][1].stop - 1}: pass "
-                f"data_dir=<dataset> (and split=all for a separate test dataset) to score all on the same slices"
-            )
-        row, prediction = _evaluate_one(
+            reference = datamodule
+        _check_same_slices(datamodule, reference, split, checkpoint)
+        name = _unique(method_name(run_cfg), [r["method"] for r in rows], checkpoint)
+        row, panels[name] = _evaluate_one(
             model, datamodule, out / _slug(name) if several else out, name, cfg.inference, split,
             cfg.get("save_predictions", True), print_table=not several,
         )
         rows.append(row)
-        panels[name] = prediction
     if kmeans.get("voltages"):
         if reference is None:
             raise ValueError("baselines.kmeans needs at least one checkpoint: its dataset and split define the slices")
-        rows += _kmeans_rows(kmeans, reference[1], split, panels)
-    if not several:
-        return rows[0]
-    (where, datamodule) = reference
-    z = where[1]
-    truth = datamodule.labels[z.start : z.stop]
+        rows += _kmeans_rows(kmeans, reference, split, panels)
+    if several:
+        _write_comparison(out, rows, panels, reference, split)
+        return rows
+    return rows[0]
+
+
+def _test_datamodule(data_cfg: DictConfig, data_dir: str | None):
+    """The datamodule a model was trained with, without augmentation, on data_dir if given."""
+    data_cfg.augmentation = None
+    if data_dir:
+        data_cfg.data_dir = str(data_dir)
+    datamodule = instantiate(data_cfg)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    return datamodule
+
+
+def _check_same_slices(datamodule, reference, split: str, checkpoint: Path) -> None:
+    """Methods are compared only on the same labelled slices of the same dataset."""
+    here = (Path(datamodule.dataset_path).resolve(), datamodule.z_range(split))
+    there = (Path(reference.dataset_path).resolve(), reference.z_range(split))
+    z = here[1]
+    if here != there or not np.array_equal(datamodule.labels[z.start : z.stop], reference.labels[z.start : z.stop]):
+        raise ValueError(
+            f"{checkpoint} would be scored on {here[0]} z {z.start}-{z.stop - 1}, the first model on "
+            f"{there[0]} z {there[1].start}-{there[1].stop - 1}: pass data_dir=<dataset> (and split=all "
+            f"for a separate test dataset) to score all on the same slices"
+        )
+
+
+def _write_comparison(out: Path, rows: list[dict], panels: dict, reference, split: str) -> None:
+    """metrics.* (a row per method), comparison.* (a column per method) and comparison.png."""
+    z = reference.z_range(split)
+    truth = reference.labels[z.start : z.stop]
     out.mkdir(parents=True, exist_ok=True)
     table = write_table(rows, out / "metrics")
-    measures = ("MP %", "MGP %", "MDS", "solid fraction")
-    transposed = [{"measure": m, "ground truth": {"MP %": 0.0, "MGP %": 0.0, "MDS": 1.0}.get(m, float((truth == 1).mean()))}
-                  | {r["method"]: r[m] for r in rows} for m in measures]
+    ideal = {"MP %": 0.0, "MGP %": 0.0, "MDS": 1.0, "solid fraction": float((truth == 1).mean())}
+    transposed = [{"measure": m, "ground truth": v} | {r["method"]: r[m] for r in rows} for m, v in ideal.items()]
     comparison = write_table(transposed, out / "comparison")
-    save_comparison(out / "comparison.png", datamodule.images[0, z.start : z.stop], truth, panels,
-                    title=f"{where[0].name}, {split} block, middle slice")
+    save_comparison(out / "comparison.png", reference.images[0, z.start : z.stop], truth, panels,
+                    title=f"{Path(reference.dataset_path).name}, {split} slices")
     print(f"\n{table}\n\n{comparison}\n\nwritten to {out}")
-    return rows
 
 
 def evaluate_model(
