@@ -1,0 +1,321 @@
+"""Anisotropy metrics: directional S2 and lineal path against brute force, local thickness of
+known shapes, eq. (4) and (5) by hand, isotropic vs stretched leveled waves, input checks."""
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from fibml.metrics.anisotropy import (
+    anisotropy_report,
+    diameter_anisotropy_error,
+    l2_anisotropy_error,
+    ligament_diameters,
+    lineal_path,
+    local_thickness_2d,
+    two_point_correlation,
+)
+from fibml.synth.microstructure import leveled_wave
+
+AXIS = {"x": 2, "y": 1, "z": 0}
+# 64^3 leveled waves of wavelength 10 voxels at solid fraction 0.5. One 64^3 realisation carries
+# sampling noise of a few 0.01 in e_tpcf / e_lpf (measured over 8 seeds: up to 0.044 / 0.064;
+# with a 16-voxel wavelength, only 4 periods per box, up to 0.10 / 0.13), so the isotropy check
+# is on the mean of four seeds.
+SEEDS = range(4)
+
+
+def _errors(report):
+    return np.array([report["e_tpcf"], report["e_lpf"], report["e_d"]])
+
+
+@pytest.fixture(scope="module")
+def leveled_wave_errors():
+    iso, stretched, resampled = [], [], []
+    for seed in SEEDS:
+        solid = leveled_wave((64, 64, 64), wavelength_nm=10.0, solid_fraction=0.5, voxel_size_nm=1.0, seed=seed)
+        iso.append(_errors(anisotropy_report(solid)))
+        # every slice twice along z, cropped back to 64: features 2x longer in z
+        stretched.append(_errors(anisotropy_report(np.repeat(solid, 2, axis=0)[:64])))
+        # the same structure imaged with 2 nm slices, resampled back to 1 nm voxels
+        resampled.append(_errors(anisotropy_report(solid[::2], voxel_size_nm=(2.0, 1.0, 1.0), resample=True)))
+    return np.array(iso), np.array(stretched), np.array(resampled)
+
+
+def test_isotropic_structure_has_small_errors(leveled_wave_errors):
+    iso, _, _ = leveled_wave_errors
+    # measured means: e_tpcf 0.032, e_lpf 0.040, e_d 0.027
+    assert np.all(iso.mean(axis=0) < 0.05), iso
+    assert np.all(iso < 0.08), iso
+
+
+def test_stretching_along_z_raises_every_error(leveled_wave_errors):
+    iso, stretched, _ = leveled_wave_errors
+    # measured minima over the seeds: e_tpcf 0.160, e_lpf 0.384, e_d 0.247
+    assert np.all(stretched.min(axis=0) > [0.12, 0.3, 0.2]), stretched
+    assert np.all(stretched.mean(axis=0) > 3 * iso.mean(axis=0))
+
+
+def test_resampled_coarse_z_stays_nearly_isotropic(leveled_wave_errors):
+    _, stretched, resampled = leveled_wave_errors
+    # measured means: e_tpcf 0.031, e_lpf 0.034, e_d 0.063 (z staircase of the 2 nm slices)
+    assert np.all(resampled.mean(axis=0) < [0.05, 0.05, 0.1]), resampled
+    assert np.all(resampled.mean(axis=0) < stretched.mean(axis=0) / 2)
+
+
+# --- two-point correlation ----------------------------------------------------------------
+
+
+def _s2_brute_force(mask, axis, r):
+    a = np.moveaxis(mask, axis, -1)
+    return np.mean(a[..., : a.shape[-1] - r] & a[..., r:])
+
+
+def test_s2_at_zero_is_the_phase_fraction_exactly():
+    labels = np.random.default_rng(0).integers(0, 3, size=(20, 24, 28))
+    s2 = two_point_correlation(labels, phase=2)
+    fraction = np.count_nonzero(labels == 2) / labels.size
+    for curve in s2.values():
+        assert curve[0] == fraction
+        assert curve.shape == (11,)  # default: half the shortest axis
+
+
+def test_s2_of_white_noise_tends_to_fraction_squared():
+    noise = np.random.default_rng(1).random((48, 48, 48)) < 0.3
+    fraction = noise.mean()
+    for curve in two_point_correlation(noise).values():
+        assert curve.shape == (25,)
+        np.testing.assert_allclose(curve[1:], fraction**2, atol=0.004)
+
+
+def test_s2_matches_brute_force_without_wrap_around():
+    mask = np.random.default_rng(2).random((6, 7, 8)) < 0.45
+    s2 = two_point_correlation(mask, max_distance=5)
+    for name, axis in AXIS.items():
+        expected = [_s2_brute_force(mask, axis, r) for r in range(6)]
+        np.testing.assert_allclose(s2[name], expected, rtol=1e-14)  # integer pair counts: exact
+
+
+def test_s2_pairs_across_the_volume_edge_do_not_count():
+    # phase only in the first and last x column: a periodic S2 would pair them at r = 1
+    volume = np.zeros((6, 6, 6), dtype=np.uint8)
+    volume[:, :, 0] = volume[:, :, -1] = 1
+    s2x = two_point_correlation(volume, max_distance=5)["x"]
+    np.testing.assert_allclose(s2x, [2 / 6, 0, 0, 0, 0, 1], rtol=1e-14)
+
+
+# --- lineal path --------------------------------------------------------------------------
+
+
+def _lineal_path_brute_force(mask, axis, r):
+    a = np.moveaxis(mask, axis, -1)
+    n = a.shape[-1]
+    whole = np.ones(a.shape[:-1] + (n - r,), dtype=bool)
+    for k in range(r + 1):
+        whole &= a[..., k : n - r + k]
+    return whole.mean()
+
+
+def test_lineal_path_matches_brute_force():
+    mask = np.random.default_rng(3).random((6, 7, 8)) < 0.6
+    lp = lineal_path(mask, max_distance=5)
+    for name, axis in AXIS.items():
+        expected = [_lineal_path_brute_force(mask, axis, r) for r in range(6)]
+        np.testing.assert_allclose(lp[name], expected, rtol=0, atol=1e-15)
+        assert lp[name][0] == mask.mean()
+
+
+def _rods_along_z(shape=(40, 32, 32), width=4, spacing=8):
+    rods = np.zeros(shape, dtype=bool)
+    for y0 in range(0, shape[1], spacing):
+        for x0 in range(0, shape[2], spacing):
+            rods[:, y0 : y0 + width, x0 : x0 + width] = True
+    return rods
+
+
+def test_lineal_path_of_rods_along_z():
+    rods = _rods_along_z()  # 4x4 rods every 8 voxels: fraction 1/4
+    lp = lineal_path(rods, max_distance=20)
+    np.testing.assert_array_equal(lp["z"], 0.25)  # a segment along z never leaves its rod
+    np.testing.assert_allclose(lp["x"], lp["y"])
+    assert np.all(lp["x"][:4] > 0) and np.all(np.diff(lp["x"][:5]) < 0)
+    np.testing.assert_array_equal(lp["x"][4:], 0.0)  # no 5 consecutive voxels across a 4-wide rod
+
+
+# --- ligament diameters -------------------------------------------------------------------
+
+
+def _local_thickness_brute_force(plane):
+    """2 max{dt(c) : |p - c|^2 < dt(c)^2} over all phase pixels c, pixel by pixel."""
+    dt2 = np.rint(ndi.distance_transform_edt(plane) ** 2)
+    ys, xs = np.nonzero(plane)
+    out = np.zeros(plane.shape)
+    for y, x in zip(ys, xs):
+        covering = (ys - y) ** 2 + (xs - x) ** 2 < dt2[ys, xs]
+        out[y, x] = 2 * np.sqrt(dt2[ys, xs][covering].max())
+    return out
+
+
+def test_local_thickness_matches_brute_force_definition():
+    rng = np.random.default_rng(4)
+    planes = ndi.binary_opening(rng.random((6, 23, 19)) < 0.55, structure=np.ones((1, 2, 2)))
+    planes[1] = rng.random((23, 19)) < 0.7  # unsmoothed noise too
+    thickness = local_thickness_2d(planes)
+    for plane, got in zip(planes, thickness):
+        np.testing.assert_allclose(got, _local_thickness_brute_force(plane), rtol=1e-12)
+
+
+@pytest.mark.parametrize("radius", [3, 5, 8])
+def test_cylinder_diameter_is_twice_its_radius(radius):
+    _, y, x = np.ogrid[:6, :40, :40]
+    cylinders = ((y - 12) ** 2 + (x - 12) ** 2 <= radius**2) | ((y - 28) ** 2 + (x - 27) ** 2 <= radius**2)
+    cylinders = np.broadcast_to(cylinders, (6, 40, 40))
+    d_xy = ligament_diameters(cylinders)["xy"]
+    assert abs(d_xy - 2 * radius) <= 1.0
+    # every pixel lies in the disc around the centre, whose nearest background is at R^2 + 1
+    assert d_xy == pytest.approx(2 * np.sqrt(radius**2 + 1), rel=1e-12)
+
+
+@pytest.mark.parametrize("thickness", [4, 5, 9])
+def test_slab_diameter_is_its_thickness(thickness):
+    slab = np.zeros((20, 24, 30), dtype=np.uint8)
+    slab[:, :, 10 : 10 + thickness] = 1  # a wall perpendicular to x
+    d = ligament_diameters(slab)
+    for name in ("xy", "xz"):  # the planes that cut across the wall
+        assert d[name] == thickness + thickness % 2  # 2 dt: exact if even, one more if odd
+    assert d["yz"] == 20  # planes inside the wall hold no background: their shorter side
+
+
+def test_ligament_diameters_step_and_labels():
+    labels = np.random.default_rng(5).integers(0, 3, size=(16, 18, 20))
+    full = ligament_diameters(labels, phase=2)
+    assert ligament_diameters(labels == 2) == full
+    sub = ligament_diameters(labels, phase=2, step=4)
+    sub_expected = local_thickness_2d((labels == 2)[::4])
+    assert sub["xy"] == pytest.approx(sub_expected[(labels == 2)[::4]].mean())
+
+
+# --- eq. (4) and (5) ----------------------------------------------------------------------
+
+
+def test_eq4_is_zero_for_identical_curves():
+    f = np.array([0.3, 0.2, 0.12, 0.09])
+    assert l2_anisotropy_error(f, f, f) == 0.0
+    assert l2_anisotropy_error([0, 0], [0, 0], [0, 0]) == 0.0  # not NaN
+
+
+def test_eq4_by_hand():
+    # x term: 2 |(0, -1)| / (|(1, 0)| + |(1, 1)|) = 2 / (1 + sqrt 2); y term: 0
+    assert l2_anisotropy_error([1, 0], [1, 1], [1, 1]) == pytest.approx(np.sqrt(2) - 1)
+    # x term: 2 |(2, 0)| / (|(3, 4)| + |(1, 4)|) = 4 / (5 + sqrt 17)
+    # y term: 2 |(0, -1)| / (|(1, 3)| + |(1, 4)|) = 2 / (sqrt 10 + sqrt 17)
+    expected = 0.5 * (4 / (5 + np.sqrt(17)) + 2 / (np.sqrt(10) + np.sqrt(17)))
+    assert l2_anisotropy_error([3, 4], [1, 3], [1, 4]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_eq4_bounds():
+    rng = np.random.default_rng(6)
+    # any non-negative curves: at most 2, and 2 is reached (fx = fy = 0, fz != 0)
+    assert l2_anisotropy_error([0, 0, 0], [0, 0, 0], [0.5, 0.2, 0.1]) == pytest.approx(2.0)
+    curves = rng.random((2000, 3, 8)) * (rng.random((2000, 3, 1)) < 0.9)
+    errors = np.array([l2_anisotropy_error(*c) for c in curves])
+    assert errors.max() <= 2.0 and errors.min() >= 0.0
+    assert errors.max() > 1.0  # so [0, 1] (the paper's claim) does not hold in general
+    # within a factor 3 of fz, point by point: at most 1
+    fz = rng.random((2000, 8)) + 1e-3
+    factors = np.exp(rng.uniform(-np.log(3), np.log(3), size=(2000, 2, 8)))
+    assert max(l2_anisotropy_error(fz_ * k[0], fz_ * k[1], fz_) for fz_, k in zip(fz, factors)) <= 1.0
+    # and a real structure beyond 1: rods along z, lineal path (L_z flat, L_x, L_y vanish)
+    assert 1.0 < anisotropy_report(_rods_along_z())["e_lpf"] <= 2.0
+
+
+def test_eq4_rejects_mismatched_curves():
+    with pytest.raises(ValueError, match="differ in length"):
+        l2_anisotropy_error([1, 2], [1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="NaN"):
+        l2_anisotropy_error([1, np.nan], [1, 2], [1, 2])
+
+
+def test_eq5_by_hand():
+    assert diameter_anisotropy_error(10.0, 12.0, 7.0) == pytest.approx(0.5 * (0.2 + 0.3))
+    assert diameter_anisotropy_error(4.0, 4.0, 4.0) == 0.0
+    assert diameter_anisotropy_error(4.0, 8.0, 0.0) == pytest.approx(1.0)  # <= 1 while D <= 2 D_xy
+    assert diameter_anisotropy_error(4.0, 12.0, 12.0) == pytest.approx(2.0)  # unbounded beyond
+    with pytest.raises(ValueError, match="D_xy > 0"):
+        diameter_anisotropy_error(0.0, 1.0, 1.0)
+
+
+# --- report and input checks --------------------------------------------------------------
+
+
+def test_report_keys_units_and_labels():
+    labels = np.random.default_rng(7).integers(0, 3, size=(24, 24, 24)).astype(np.uint8)
+    report = anisotropy_report(labels, voxel_size_nm=2.5, phase=2, max_distance=10)
+    binary = anisotropy_report(labels == 2, voxel_size_nm=(2.5, 2.5, 2.5), max_distance=10)
+    for key in ("e_tpcf", "e_lpf", "e_d", "solid_fraction", "d_xy_nm", "d_xz_nm", "d_yz_nm"):
+        assert np.isfinite(report[key]) and report[key] == binary[key]
+    assert report["solid_fraction"] == np.count_nonzero(labels == 2) / labels.size
+    curves = report["curves"]
+    np.testing.assert_allclose(curves["distance_nm"], np.arange(11) * 2.5)
+    assert set(curves["tpcf"]) == set(curves["lpf"]) == {"x", "y", "z"}
+    d_voxels = ligament_diameters(labels, phase=2)
+    assert report["d_xy_nm"] == pytest.approx(2.5 * d_voxels["xy"])
+
+
+def test_anisotropic_voxels_are_refused_unless_resampled():
+    solid = leveled_wave((16, 32, 32), wavelength_nm=8.0, solid_fraction=0.4, voxel_size_nm=1.0, seed=0)
+    with pytest.raises(ValueError, match=r"voxel size \(2\.0, 1\.0, 1\.0\) nm.*resample=True"):
+        anisotropy_report(solid, voxel_size_nm=(2.0, 1.0, 1.0))
+    anisotropy_report(solid, voxel_size_nm=(1.0005, 1.0, 1.0))  # within 0.1 %: isotropic
+    report = anisotropy_report(solid, voxel_size_nm=(2.0, 1.0, 1.0), resample=True)
+    assert report["voxel_size_nm"] == 1.0
+    assert report["solid_fraction"] == solid.mean()  # slices repeated twice: same fraction
+    np.testing.assert_array_equal(
+        report["curves"]["lpf"]["x"], lineal_path(np.repeat(solid, 2, axis=0), max_distance=16)["x"]
+    )
+    uneven = anisotropy_report(solid, voxel_size_nm=(1.5, 1.0, 1.0), resample=True)  # 16 * 1.5 = 24 slices
+    assert uneven["curves"]["tpcf"]["z"].shape == (13,)
+
+
+@pytest.mark.parametrize(
+    ("volume", "kwargs", "match"),
+    [
+        (np.ones((4, 4), dtype=int), {}, "3-D"),
+        (np.ones((0, 4, 4), dtype=int), {}, "empty"),
+        (np.zeros((4, 4, 4), dtype=int), {}, r"phase 1 does not occur.*labels present: 0"),
+        (np.ones((4, 4, 4), dtype=float), {}, "integer labels"),
+        (np.ones((4, 5, 6), dtype=int), {"max_distance": 4}, r"max_distance.*\[0, 3\]"),
+        (np.ones((4, 4, 4), dtype=int), {"voxel_size_nm": (1.0, -1.0, 1.0)}, "positive"),
+        (np.ones((4, 4, 4), dtype=int), {"step": 0}, "step"),
+    ],
+)
+def test_bad_input_is_refused(volume, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        anisotropy_report(volume, **kwargs)
+
+
+# --- porespy, where it computes the same quantity -----------------------------------------
+# porespy.metrics.two_point_correlation is radially averaged over all directions, but on a single
+# line (an (N, 1, 1) image) it is S2 of that line, zero-padded and pair-normalised as here; the
+# mean over lines is the directional S2. porespy.metrics.lineal_path_distribution is a histogram
+# (pdf) of chord distances, not L(r); porespy.filters.distance_transform_lin (mode "forward")
+# gives the run length up to each voxel, and L(r) = #(that >= r + 1) / #segment positions.
+# porespy.filters.local_thickness quantises radii to integers and returns radii (not the same
+# quantity): it is compared for speed and value in benchmarks/metrics_speed.py only.
+
+
+def test_s2_and_lineal_path_agree_with_porespy():
+    ps = pytest.importorskip("porespy")
+    mask = np.random.default_rng(8).random((12, 5, 4)) < 0.5
+    n = mask.shape[0]
+    per_line = [
+        np.nan_to_num(ps.metrics.two_point_correlation(line.reshape(n, 1, 1), bins=np.arange(n)).probability_scaled)
+        for line in mask.reshape(n, -1).T
+    ]
+    s2z = two_point_correlation(mask, max_distance=3)["z"]
+    np.testing.assert_allclose(s2z, np.mean(per_line, axis=0)[:4], rtol=1e-9)
+    lp = lineal_path(mask, max_distance=3)
+    for name, axis in AXIS.items():
+        run = ps.filters.distance_transform_lin(mask, axis=axis, mode="forward")
+        lines = mask.size // mask.shape[axis]
+        expected = [np.count_nonzero(run >= r + 1) / (lines * (mask.shape[axis] - r)) for r in range(4)]
+        np.testing.assert_allclose(lp[name], expected, rtol=1e-12)
