@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 
 from fibml.io import atomic_path  # noqa: E402
 
-__all__ = ["markdown_table", "save_comparison", "save_sections", "write_table"]
+__all__ = ["markdown_table", "save_comparison", "save_sections", "save_tpcf", "write_table"]
 
 
 def write_table(rows: Sequence[Mapping], stem: str | Path) -> str:
@@ -116,6 +116,34 @@ def save_comparison(
             name = f"{name}\n{wrong:.2f} % wrong in this slice"
         ax.set_title(name, fontsize=8)
     fig.suptitle(f"{title}   z = {z}   (errors: red = false solid, blue = missed solid)".strip(), fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def save_tpcf(path: str | Path, curves: Mapping[str, Mapping], columns: int = 4) -> Path:
+    """PNG of the two-point correlation S2(r) of the solid along x, y and z, one panel per method
+    (``curves[name]`` as fibml.metrics.anisotropy.anisotropy_report returns them): an isotropic
+    reconstruction has three coinciding curves; a z curve apart from x and y is anisotropy."""
+    names = list(curves)
+    cols = min(columns, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, squeeze=False, sharey=True, figsize=(3.4 * cols, 2.8 * rows + 0.4))
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
+        ax.set_visible(True)
+        r = np.asarray(curves[name]["distance_nm"])
+        for axis, style in (("x", "-"), ("y", "--"), ("z", ":")):
+            ax.plot(r, curves[name]["tpcf"][axis], style, label=axis)
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("distance (nm)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].set_ylabel("S2 of the solid", fontsize=8)
+    axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:

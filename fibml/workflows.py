@@ -24,7 +24,7 @@ from fibml.data.transforms import normalize_channels
 from fibml.inference import predict_volume, resolve_device
 from fibml.io import read_dataset, read_stack, write_json, write_stack
 from fibml.metrics.confusion import segmentation_scores
-from fibml.report import save_comparison, save_sections, write_table
+from fibml.report import save_comparison, save_sections, save_tpcf, write_table
 
 __all__ = [
     "build_model", "evaluate", "evaluate_model", "load_model", "predict", "resolve_checkpoint", "train",
@@ -118,7 +118,7 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
     several = len(specs) + len(kmeans.get("voltages") or []) > 1
     out = Path(cfg.paths.output_dir)
     split = cfg.get("split", "test")
-    rows, panels, reference = [], {}, None
+    rows, panels, curves, reference = [], {}, {}, None
     for spec in specs:
         checkpoint = resolve_checkpoint(spec)
         model, run_cfg = load_model(checkpoint)
@@ -129,15 +129,15 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
         name = _unique(method_name(run_cfg), [r["method"] for r in rows], checkpoint)
         row, panels[name] = _evaluate_one(
             model, datamodule, out / _slug(name) if several else out, name, cfg.inference, split,
-            cfg.get("save_predictions", True), print_table=not several,
+            cfg.get("save_predictions", True), print_table=not several, curves=curves,
         )
         rows.append(row)
     if kmeans.get("voltages"):
         if reference is None:
             raise ValueError("baselines.kmeans needs at least one checkpoint: its dataset and split define the slices")
-        rows += _kmeans_rows(kmeans, reference, split, panels)
+        rows += _kmeans_rows(kmeans, reference, split, panels, curves)
     if several:
-        _write_comparison(out, rows, panels, reference, split)
+        _write_comparison(out, rows, panels, curves, reference, split)
         return rows
     return rows[0]
 
@@ -166,17 +166,22 @@ def _check_same_slices(datamodule, reference, split: str, checkpoint: Path) -> N
         )
 
 
-def _write_comparison(out: Path, rows: list[dict], panels: dict, reference, split: str) -> None:
+def _write_comparison(out: Path, rows: list[dict], panels: dict, curves: dict, reference, split: str) -> None:
     """metrics.* (a row per method), comparison.* (a column per method) and comparison.png."""
     z = reference.z_range(split)
     truth = reference.labels[z.start : z.stop]
     out.mkdir(parents=True, exist_ok=True)
     table = write_table(rows, out / "metrics")
+    voxel = reference.dataset.voxel_size_nm
+    truth_aniso = anisotropy_columns(truth, voxel, with_curves=True)
     ideal = {"MP %": 0.0, "MGP %": 0.0, "MDS": 1.0, "solid fraction": float((truth == 1).mean())}
+    ideal |= {key: truth_aniso[key] for key in ANISOTROPY}  # the ground truth's own (finite-size) anisotropy
     transposed = [{"measure": m, "ground truth": v} | {r["method"]: r[m] for r in rows} for m, v in ideal.items()]
     comparison = write_table(transposed, out / "comparison")
     save_comparison(out / "comparison.png", reference.images[0, z.start : z.stop], truth, panels,
                     title=f"{Path(reference.dataset_path).name}, {split} slices")
+    reference_curves = {"ground truth": truth_aniso["curves"]} if truth_aniso["curves"] is not None else {}
+    save_tpcf(out / "tpcf.png", reference_curves | curves)
     print(f"\n{table}\n\n{comparison}\n\nwritten to {out}")
 
 
@@ -194,21 +199,28 @@ def evaluate_model(
     return _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predictions)[0]
 
 
-def _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predictions, print_table=True):
+def _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predictions, print_table=True,
+                  curves: dict | None = None):
     z = datamodule.z_range(split)
     probabilities = _predict(model, datamodule.images, _data_settings(datamodule), inference, z)
     prediction = probabilities.argmax(0).astype(np.uint8)
-    row = _score_row(name, split, z, prediction, datamodule.labels[z.start : z.stop], probabilities.shape[0])
+    curves = {} if curves is None else curves
+    row = _score_row(name, split, z, prediction, datamodule.labels[z.start : z.stop], probabilities.shape[0],
+                     datamodule.dataset.voxel_size_nm, curves)
     weights = voltage_weights(model, getattr(datamodule, "voltages", None))
     if weights:
         row["voltage weights"] = _format_weights(weights)
-    _write_method(out_dir, row, prediction, datamodule, z, save_predictions, print_table)
+    _write_method(out_dir, row, prediction, datamodule, z, save_predictions, print_table, curves.get(name))
     return row, prediction
 
 
-def _score_row(name: str, split: str, z: range, prediction: np.ndarray, truth: np.ndarray, n_classes: int) -> dict:
+def _score_row(name: str, split: str, z: range, prediction: np.ndarray, truth: np.ndarray, n_classes: int,
+               voxel_size_nm=None, curves: dict | None = None) -> dict:
+    """MP / MGP / MDS against the truth, and the anisotropy errors (eq. 4, 5) of the prediction
+    alone: the numbers a user can also get for real data without ground truth. The S2 curves go
+    into ``curves[name]`` when a dict is given (for tpcf.png)."""
     scores = segmentation_scores(prediction, truth, n_classes=n_classes)
-    return {
+    row = {
         "method": name,
         "split": f"{split} (z {z.start}-{z.stop - 1})",
         "MP %": scores["mp"],
@@ -217,13 +229,40 @@ def _score_row(name: str, split: str, z: range, prediction: np.ndarray, truth: n
         "solid fraction": float((prediction == 1).mean()),
         "solid fraction (GT)": float((truth == 1).mean()),
     }
+    aniso = anisotropy_columns(prediction, voxel_size_nm, with_curves=True)
+    if curves is not None and aniso["curves"] is not None:
+        curves[name] = aniso["curves"]
+    return row | {key: aniso[key] for key in ANISOTROPY}
 
 
-def _write_method(out_dir: Path, row: dict, prediction, datamodule, z: range, save_predictions: bool, print_table: bool):
+ANISOTROPY = {"e_TPCF": "e_tpcf", "e_LPF": "e_lpf", "e_D": "e_d"}
+
+
+def anisotropy_columns(volume: np.ndarray, voxel_size_nm=None, with_curves: bool = False) -> dict:
+    """e_TPCF, e_LPF, e_D of the solid (label 1) of a segmented volume; NaN where they are
+    undefined (no solid, or a single slice). Anisotropic voxels are resampled to the finest
+    size first (nearest neighbour), as the papers evaluate isotropic grids."""
+    from fibml.metrics.anisotropy import anisotropy_report
+
+    voxel = tuple(voxel_size_nm) if voxel_size_nm is not None else (1.0, 1.0, 1.0)
+    try:
+        report = anisotropy_report(volume.astype(np.uint8), voxel, phase=1, resample=True)
+    except ValueError as error:  # no solid voxel, or too thin for a curve: nothing to measure
+        log.warning("anisotropy errors not computed: %s", error)
+        return {key: float("nan") for key in ANISOTROPY} | ({"curves": None} if with_curves else {})
+    columns = {key: float(report[source]) for key, source in ANISOTROPY.items()}
+    return columns | ({"curves": report["curves"]} if with_curves else {})
+
+
+def _write_method(out_dir: Path, row: dict, prediction, datamodule, z: range, save_predictions: bool, print_table: bool,
+                  curves: Mapping | None = None):
     out_dir.mkdir(parents=True, exist_ok=True)
     table = write_table([row], out_dir / "metrics")
     voxel = datamodule.dataset.voxel_size_nm
     truth = datamodule.labels[z.start : z.stop]
+    if curves is not None:
+        reference = anisotropy_columns(truth, voxel, with_curves=True)["curves"]
+        save_tpcf(out_dir / "tpcf.png", ({"ground truth": reference} if reference is not None else {}) | {row["method"]: curves})
     save_sections(out_dir / "slices.png", datamodule.images[0, z.start : z.stop], prediction, truth, voxel,
                   title=row["method"])
     if save_predictions:
@@ -232,7 +271,7 @@ def _write_method(out_dir: Path, row: dict, prediction, datamodule, z: range, sa
         print(f"\n{table}\n\nwritten to {out_dir}")
 
 
-def _kmeans_rows(settings: Mapping, datamodule, split: str, panels: dict) -> list[dict]:
+def _kmeans_rows(settings: Mapping, datamodule, split: str, panels: dict, curves: dict) -> list[dict]:
     """k-means on each listed voltage alone, on the same slices as the models (Table 3)."""
     from fibml.baselines.clustering import kmeans_segmentation
 
@@ -244,7 +283,7 @@ def _kmeans_rows(settings: Mapping, datamodule, split: str, panels: dict) -> lis
     for voltage, stack in dataset.images.items():
         prediction = kmeans_segmentation(stack[z.start : z.stop], **options)
         name = f"k-means (k={options.get('n_clusters', 3)}), {voltage:g} kV"
-        rows.append(_score_row(name, split, z, prediction, truth, 2))
+        rows.append(_score_row(name, split, z, prediction, truth, 2, dataset.voxel_size_nm, curves))
         panels[name] = prediction
     return rows
 

@@ -29,9 +29,10 @@ def test_train_evaluate_predict(tiny_dataset, tmp_path):
     metrics, _ = train(cfg)
     run = Path(cfg.paths.output_dir)
     assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
-    for name in ("metrics.csv", "metrics.md", "slices.png", "prediction.tif"):
+    for name in ("metrics.csv", "metrics.md", "slices.png", "tpcf.png", "prediction.tif"):
         assert (run / name).is_file(), name
     row = _read_metrics(run)
+    assert all(key in row for key in ("e_TPCF", "e_LPF", "e_D"))  # anisotropy of the prediction
     mp, mgp, mds = float(row["MP %"]), float(row["MGP %"]), float(row["MDS"])
     assert all(math.isfinite(v) for v in (mp, mgp, mds))
     assert 0 <= mp <= 100 and 0 <= mgp <= 100 and 0 <= mds <= 1

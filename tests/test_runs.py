@@ -107,11 +107,15 @@ def test_evaluate_compares_several_methods_on_the_same_slices(single_runs, tiny_
     assert len({r["split"] for r in rows}) == 1  # all scored on the same slices
     kmeans = {r["method"]: r["MP %"] for r in rows if r["method"].startswith("k-means")}
     assert kmeans["k-means (k=3), 4 kV"] > kmeans["k-means (k=3), 1 kV"]  # shine-through grows with voltage
-    for name in ("metrics.csv", "metrics.md", "comparison.md", "comparison.png"):
+    for name in ("metrics.csv", "metrics.md", "comparison.md", "comparison.png", "tpcf.png"):
         assert (out / name).is_file(), name
     comparison = (out / "comparison.md").read_text().splitlines()
     assert comparison[0].startswith("| measure | ground truth | ResidualUNet 2d, 1 kV |")
-    assert [line.split("|")[1].strip() for line in comparison[2:]] == ["MP %", "MGP %", "MDS", "solid fraction"]
+    measures = [line.split("|")[1].strip() for line in comparison[2:]]
+    assert measures == ["MP %", "MGP %", "MDS", "solid fraction", "e_TPCF", "e_LPF", "e_D"]
+    assert (out / "tpcf.png").is_file()
+    for row in rows:  # anisotropy errors of each prediction, no ground truth needed
+        assert all(0 <= row[key] <= 2 for key in ("e_TPCF", "e_LPF", "e_D")), row
     # each model's row is what evaluating it alone gives
     alone = evaluate(compose_config("evaluate", [f"ckpt_path={single_runs[2]}", "inference.device=cpu"], tmp_path / "one"))
     assert alone["MP %"] == pytest.approx(rows[1]["MP %"]) and alone["MDS"] == pytest.approx(rows[1]["MDS"])
