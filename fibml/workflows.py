@@ -22,7 +22,7 @@ from fibml.callbacks import CONFIG_KEY, LOGGERS_KEY, EmbedRunConfig
 from fibml.config import register_resolvers
 from fibml.data.transforms import normalize_channels
 from fibml.inference import predict_volume, resolve_device
-from fibml.io import read_dataset, read_stack, write_json, write_stack
+from fibml.io import LABELS, read_dataset, read_stack, write_json, write_stack
 from fibml.metrics.confusion import segmentation_scores
 from fibml.report import save_comparison, save_sections, save_tpcf, write_table
 
@@ -111,8 +111,11 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
     model alone: metrics.csv / metrics.md / slices.png / prediction.tif in the output folder, as
     after training. Several methods: one subfolder each, and the comparison in the output folder:
     metrics.csv / metrics.md (one row per method, Table 2 layout), comparison.md (measures as
-    rows, methods as columns, Table 3 layout) and comparison.png (one slice: ground truth and
-    every method's prediction with its errors coloured)."""
+    rows, methods as columns, Table 3 layout), comparison.png (one slice: ground truth and
+    every method's prediction with its errors coloured) and tpcf.png (S2 along x, y, z).
+    Every row carries the prediction's anisotropy errors (eq. 4, 5). A data_dir without
+    labels.tif (a real stack) is predicted whole (split=all) and scored without ground truth:
+    solid fraction and anisotropy errors only."""
     specs = list(cfg.ckpt_path) if OmegaConf.is_list(cfg.ckpt_path) else [cfg.ckpt_path]
     kmeans = (cfg.get("baselines") or {}).get("kmeans") or {}
     several = len(specs) + len(kmeans.get("voltages") or []) > 1
@@ -143,7 +146,10 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
 
 
 def _test_datamodule(data_cfg: DictConfig, data_dir: str | None):
-    """The datamodule a model was trained with, without augmentation, on data_dir if given."""
+    """The datamodule a model was trained with, without augmentation, on data_dir if given; a
+    data_dir without labels.tif (a real acquisition) gives an UnlabelledStack instead."""
+    if data_dir and not (Path(data_dir) / LABELS).is_file():
+        return UnlabelledStack(data_cfg, data_dir)
     data_cfg.augmentation = None
     if data_dir:
         data_cfg.data_dir = str(data_dir)
@@ -153,12 +159,39 @@ def _test_datamodule(data_cfg: DictConfig, data_dir: str | None):
     return datamodule
 
 
+class UnlabelledStack:
+    """A dataset folder without labels.tif (a real acquisition), with the attributes evaluation
+    reads from a datamodule: every slice is predicted and only the measures that need no ground
+    truth are reported (solid fraction, anisotropy errors)."""
+
+    labels = None
+
+    def __init__(self, data_cfg: Mapping, folder: str | Path):
+        self.dataset_path = Path(folder)
+        self.voltages = [float(v) for v in data_cfg["voltages"]]
+        self.dataset = read_dataset(self.dataset_path, self.voltages, require_labels=False)
+        normalize = dict(data_cfg.get("normalize") or {})
+        self.images = normalize_channels([self.dataset.images[v] for v in self.voltages], **normalize)
+        self.dims, self.patch_size, self.n_adjacent = data_cfg["dims"], data_cfg["patch_size"], data_cfg["n_adjacent"]
+
+    def z_range(self, split: str) -> range:
+        if split != "all":
+            raise ValueError(
+                f"{self.dataset_path} has no {LABELS}, so it has no held-out {split!r} block: "
+                f"evaluate it with split=all (every slice; solid fraction and anisotropy errors)"
+            )
+        return range(self.images.shape[1])
+
+
 def _check_same_slices(datamodule, reference, split: str, checkpoint: Path) -> None:
-    """Methods are compared only on the same labelled slices of the same dataset."""
+    """Methods are compared only on the same (labelled) slices of the same dataset."""
     here = (Path(datamodule.dataset_path).resolve(), datamodule.z_range(split))
     there = (Path(reference.dataset_path).resolve(), reference.z_range(split))
     z = here[1]
-    if here != there or not np.array_equal(datamodule.labels[z.start : z.stop], reference.labels[z.start : z.stop]):
+    same_labels = datamodule.labels is None or np.array_equal(
+        datamodule.labels[z.start : z.stop], reference.labels[z.start : z.stop]
+    )
+    if here != there or not same_labels:
         raise ValueError(
             f"{checkpoint} would be scored on {here[0]} z {z.start}-{z.stop - 1}, the first model on "
             f"{there[0]} z {there[1].start}-{there[1].stop - 1}: pass data_dir=<dataset> (and split=all "
@@ -169,18 +202,20 @@ def _check_same_slices(datamodule, reference, split: str, checkpoint: Path) -> N
 def _write_comparison(out: Path, rows: list[dict], panels: dict, curves: dict, reference, split: str) -> None:
     """metrics.* (a row per method), comparison.* (a column per method) and comparison.png."""
     z = reference.z_range(split)
-    truth = reference.labels[z.start : z.stop]
+    truth = _labels(reference, z)
     out.mkdir(parents=True, exist_ok=True)
     table = write_table(rows, out / "metrics")
-    voxel = reference.dataset.voxel_size_nm
-    truth_aniso = anisotropy_columns(truth, voxel, with_curves=True)
-    ideal = {"MP %": 0.0, "MGP %": 0.0, "MDS": 1.0, "solid fraction": float((truth == 1).mean())}
-    ideal |= {key: truth_aniso[key] for key in ANISOTROPY}  # the ground truth's own (finite-size) anisotropy
-    transposed = [{"measure": m, "ground truth": v} | {r["method"]: r[m] for r in rows} for m, v in ideal.items()]
+    measures = [m for m in ("MP %", "MGP %", "MDS", "solid fraction", *ANISOTROPY) if m in rows[0]]
+    transposed = [{"measure": m} | {r["method"]: r[m] for r in rows} for m in measures]
+    reference_curves = {}
+    if truth is not None:  # the ground truth's own values, anisotropy included (finite size)
+        truth_aniso = anisotropy_columns(truth, reference.dataset.voxel_size_nm, with_curves=True)
+        ideal = {"MP %": 0.0, "MGP %": 0.0, "MDS": 1.0, "solid fraction": float((truth == 1).mean())} | truth_aniso
+        transposed = [{"measure": t["measure"], "ground truth": ideal[t["measure"]]} | t for t in transposed]
+        reference_curves = {"ground truth": truth_aniso["curves"]} if truth_aniso["curves"] is not None else {}
+        save_comparison(out / "comparison.png", reference.images[0, z.start : z.stop], truth, panels,
+                        title=f"{Path(reference.dataset_path).name}, {split} slices")
     comparison = write_table(transposed, out / "comparison")
-    save_comparison(out / "comparison.png", reference.images[0, z.start : z.stop], truth, panels,
-                    title=f"{Path(reference.dataset_path).name}, {split} slices")
-    reference_curves = {"ground truth": truth_aniso["curves"]} if truth_aniso["curves"] is not None else {}
     save_tpcf(out / "tpcf.png", reference_curves | curves)
     print(f"\n{table}\n\n{comparison}\n\nwritten to {out}")
 
@@ -205,7 +240,7 @@ def _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predi
     probabilities = _predict(model, datamodule.images, _data_settings(datamodule), inference, z)
     prediction = probabilities.argmax(0).astype(np.uint8)
     curves = {} if curves is None else curves
-    row = _score_row(name, split, z, prediction, datamodule.labels[z.start : z.stop], probabilities.shape[0],
+    row = _score_row(name, split, z, prediction, _labels(datamodule, z), probabilities.shape[0],
                      datamodule.dataset.voxel_size_nm, curves)
     weights = voltage_weights(model, getattr(datamodule, "voltages", None))
     if weights:
@@ -219,16 +254,13 @@ def _score_row(name: str, split: str, z: range, prediction: np.ndarray, truth: n
     """MP / MGP / MDS against the truth, and the anisotropy errors (eq. 4, 5) of the prediction
     alone: the numbers a user can also get for real data without ground truth. The S2 curves go
     into ``curves[name]`` when a dict is given (for tpcf.png)."""
-    scores = segmentation_scores(prediction, truth, n_classes=n_classes)
-    row = {
-        "method": name,
-        "split": f"{split} (z {z.start}-{z.stop - 1})",
-        "MP %": scores["mp"],
-        "MGP %": scores["mgp"],
-        "MDS": scores["mds"],
-        "solid fraction": float((prediction == 1).mean()),
-        "solid fraction (GT)": float((truth == 1).mean()),
-    }
+    row = {"method": name, "split": f"{split} (z {z.start}-{z.stop - 1})"}
+    if truth is not None:
+        scores = segmentation_scores(prediction, truth, n_classes=n_classes)
+        row |= {"MP %": scores["mp"], "MGP %": scores["mgp"], "MDS": scores["mds"]}
+    row["solid fraction"] = float((prediction == 1).mean())
+    if truth is not None:
+        row["solid fraction (GT)"] = float((truth == 1).mean())
     aniso = anisotropy_columns(prediction, voxel_size_nm, with_curves=True)
     if curves is not None and aniso["curves"] is not None:
         curves[name] = aniso["curves"]
@@ -259,9 +291,9 @@ def _write_method(out_dir: Path, row: dict, prediction, datamodule, z: range, sa
     out_dir.mkdir(parents=True, exist_ok=True)
     table = write_table([row], out_dir / "metrics")
     voxel = datamodule.dataset.voxel_size_nm
-    truth = datamodule.labels[z.start : z.stop]
+    truth = _labels(datamodule, z)
     if curves is not None:
-        reference = anisotropy_columns(truth, voxel, with_curves=True)["curves"]
+        reference = anisotropy_columns(truth, voxel, with_curves=True)["curves"] if truth is not None else None
         save_tpcf(out_dir / "tpcf.png", ({"ground truth": reference} if reference is not None else {}) | {row["method"]: curves})
     save_sections(out_dir / "slices.png", datamodule.images[0, z.start : z.stop], prediction, truth, voxel,
                   title=row["method"])
@@ -276,7 +308,7 @@ def _kmeans_rows(settings: Mapping, datamodule, split: str, panels: dict, curves
     from fibml.baselines.clustering import kmeans_segmentation
 
     z = datamodule.z_range(split)
-    truth = datamodule.labels[z.start : z.stop]
+    truth = _labels(datamodule, z)
     dataset = read_dataset(datamodule.dataset_path, [float(v) for v in settings["voltages"]], require_labels=False)
     options = {k: v for k, v in settings.items() if k != "voltages"}
     rows = []
@@ -286,6 +318,10 @@ def _kmeans_rows(settings: Mapping, datamodule, split: str, panels: dict, curves
         rows.append(_score_row(name, split, z, prediction, truth, 2, dataset.voxel_size_nm, curves))
         panels[name] = prediction
     return rows
+
+
+def _labels(data, z: range) -> np.ndarray | None:
+    return None if data.labels is None else data.labels[z.start : z.stop]
 
 
 def _unique(name: str, taken: list[str], checkpoint: Path) -> str:

@@ -129,3 +129,36 @@ def test_evaluate_refuses_methods_scored_on_different_slices(single_runs, tiny_d
     cfg = compose_config("evaluate", [f"ckpt_path=[{single_runs[2]},{other}]", "inference.device=cpu"], tmp_path)
     with pytest.raises(ValueError, match="pass data_dir=<dataset>"):
         evaluate(cfg)
+
+
+def test_evaluate_a_stack_without_labels(single_runs, tiny_dataset, tmp_path):
+    """A real acquisition has no labels.tif: every slice is predicted and the measures that need
+    no ground truth are reported (solid fraction, anisotropy errors), alone or compared."""
+    import shutil
+
+    from fibml.workflows import evaluate
+
+    real = tmp_path / "real"
+    shutil.copytree(tiny_dataset, real)
+    (real / "labels.tif").unlink()
+    cfg = compose_config("evaluate", [f"ckpt_path={single_runs[1]}", f"data_dir={real}", "split=all",
+                                      "inference.device=cpu"], tmp_path / "one")
+    row = evaluate(cfg)
+    assert "MP %" not in row and row["split"] == "all (z 0-39)"
+    assert 0 < row["solid fraction"] < 1 and all(0 <= row[k] <= 2 for k in ("e_TPCF", "e_LPF", "e_D"))
+    out = Path(cfg.paths.output_dir)
+    for name in ("metrics.md", "slices.png", "tpcf.png", "prediction.tif"):
+        assert (out / name).is_file(), name
+
+    both = compose_config("evaluate", [f"ckpt_path=[{single_runs[1]},{single_runs[4]}]", f"data_dir={real}",
+                                       "split=all", "baselines.kmeans.voltages=[4]", "inference.device=cpu"],
+                          tmp_path / "two")
+    rows = evaluate(both)
+    assert [r["method"] for r in rows][-1] == "k-means (k=3), 4 kV" and all("MP %" not in r for r in rows)
+    out = Path(both.paths.output_dir)
+    header = (out / "comparison.md").read_text().splitlines()[0]
+    assert header.startswith("| measure | ResidualUNet 2d, 1 kV |")  # no ground-truth column
+    assert (out / "tpcf.png").is_file() and not (out / "comparison.png").exists()
+
+    with pytest.raises(ValueError, match="evaluate it with split=all"):
+        evaluate(compose_config("evaluate", [f"ckpt_path={single_runs[1]}", f"data_dir={real}"], tmp_path / "t"))
