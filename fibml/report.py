@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -46,36 +46,49 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None
 def save_sections(
     path: str | Path,
     image: np.ndarray,
-    prediction: np.ndarray,
+    prediction: np.ndarray | Mapping[str, np.ndarray],
     labels: np.ndarray | None = None,
     voxel_size_nm: Sequence[float] = (1.0, 1.0, 1.0),
     title: str = "",
 ) -> Path:
-    """PNG of xy, xz and yz sections through the centre: image, prediction, and (with ground
-    truth) the errors - false solid in red, missed solid in blue. Arrays are (z, y, x)."""
-    z, y, x = (s // 2 for s in prediction.shape)
+    """PNG of xy, xz and yz sections through the centre of (z, y, x) stacks.
+
+    One prediction: columns image, prediction and (with ground truth) its errors. Several
+    (a mapping method -> prediction): columns image, ground truth, then one per method - its
+    errors with ground truth, else the prediction itself. Errors: false solid red, missed blue."""
+    several = isinstance(prediction, Mapping)
+    shape = next(iter(prediction.values())).shape if several else prediction.shape
+    columns: list[tuple[str, Callable]] = [("image", lambda cut: (image[cut], "gray"))]
+    if not several:
+        columns.append(("prediction", lambda cut: (prediction[cut], "gray")))
+        if labels is not None:
+            columns.append(("errors", lambda cut: (_error_map(prediction[cut], labels[cut]), None)))
+    else:
+        if labels is not None:
+            columns.append(("ground truth", lambda cut: (labels[cut], "gray")))
+        for name, p in prediction.items():
+            show = (lambda cut, p=p: (_error_map(p[cut], labels[cut]), None)) if labels is not None else (
+                lambda cut, p=p: (p[cut], "gray"))
+            columns.append((name, show))
+    z, y, x = (n // 2 for n in shape)
     dz, dy, dx = voxel_size_nm
     cuts = {
         f"xy (z={z})": (np.s_[z, :, :], dy / dx),
         f"xz (y={y})": (np.s_[:, y, :], dz / dx),
         f"yz (x={x})": (np.s_[:, :, x], dz / dy),
     }
-    columns = ["image", "prediction"] + (["errors"] if labels is not None else [])
-    heights = [prediction.shape[1] * dy, prediction.shape[0] * dz, prediction.shape[0] * dz]
-    width = max(prediction.shape[2] * dx, prediction.shape[1] * dy)
+    heights = [shape[1] * dy, shape[0] * dz, shape[0] * dz]
+    width = max(shape[2] * dx, shape[1] * dy)
     fig, axes = plt.subplots(
         3, len(columns), squeeze=False, gridspec_kw={"height_ratios": heights},
         figsize=(3.2 * len(columns), 3.2 * sum(heights) / width + 1.0),
     )
-    for row, (name, (cut, aspect)) in enumerate(cuts.items()):
-        panels = {"image": (image[cut], "gray"), "prediction": (prediction[cut], "gray")}
-        if labels is not None:
-            panels["errors"] = (_error_map(prediction[cut], labels[cut]), None)
-        for col, key in enumerate(columns):
+    for row, (cut_name, (cut, aspect)) in enumerate(cuts.items()):
+        for col, (key, show) in enumerate(columns):
+            data, cmap = show(cut)
             ax = axes[row, col]
-            data, cmap = panels[key]
             ax.imshow(data, cmap=cmap, aspect=aspect, interpolation="nearest")
-            ax.set_title(f"{key}, {name}", fontsize=9)
+            ax.set_title(f"{key}, {cut_name}", fontsize=9 if not several else 7)
             ax.set_axis_off()
     if labels is not None:
         title = f"{title}   (errors: red = false solid, blue = missed solid)".strip()

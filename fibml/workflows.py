@@ -217,6 +217,8 @@ def _write_comparison(out: Path, rows: list[dict], panels: dict, curves: dict, r
                         title=f"{Path(reference.dataset_path).name}, {split} slices")
     comparison = write_table(transposed, out / "comparison")
     save_tpcf(out / "tpcf.png", reference_curves | curves)
+    save_sections(out / "slices.png", reference.images[0, z.start : z.stop], panels, truth,
+                  reference.dataset.voxel_size_nm, title=f"{Path(reference.dataset_path).name}, {split} slices")
     print(f"\n{table}\n\n{comparison}\n\nwritten to {out}")
 
 

@@ -107,7 +107,7 @@ def test_evaluate_compares_several_methods_on_the_same_slices(single_runs, tiny_
     assert len({r["split"] for r in rows}) == 1  # all scored on the same slices
     kmeans = {r["method"]: r["MP %"] for r in rows if r["method"].startswith("k-means")}
     assert kmeans["k-means (k=3), 4 kV"] > kmeans["k-means (k=3), 1 kV"]  # shine-through grows with voltage
-    for name in ("metrics.csv", "metrics.md", "comparison.md", "comparison.png", "tpcf.png"):
+    for name in ("metrics.csv", "metrics.md", "comparison.md", "comparison.png", "tpcf.png", "slices.png"):
         assert (out / name).is_file(), name
     comparison = (out / "comparison.md").read_text().splitlines()
     assert comparison[0].startswith("| measure | ground truth | ResidualUNet 2d, 1 kV |")
@@ -158,7 +158,7 @@ def test_evaluate_a_stack_without_labels(single_runs, tiny_dataset, tmp_path):
     out = Path(both.paths.output_dir)
     header = (out / "comparison.md").read_text().splitlines()[0]
     assert header.startswith("| measure | ResidualUNet 2d, 1 kV |")  # no ground-truth column
-    assert (out / "tpcf.png").is_file() and not (out / "comparison.png").exists()
+    assert (out / "tpcf.png").is_file() and (out / "slices.png").is_file() and not (out / "comparison.png").exists()
 
     with pytest.raises(ValueError, match="evaluate it with split=all"):
         evaluate(compose_config("evaluate", [f"ckpt_path={single_runs[1]}", f"data_dir={real}"], tmp_path / "t"))
