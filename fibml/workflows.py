@@ -278,7 +278,9 @@ def anisotropy_columns(volume: np.ndarray, voxel_size_nm=None, with_curves: bool
     size first (nearest neighbour), as the papers evaluate isotropic grids."""
     from fibml.metrics.anisotropy import anisotropy_report
 
-    voxel = tuple(voxel_size_nm) if voxel_size_nm is not None else (1.0, 1.0, 1.0)
+    voxel = tuple(float(v) for v in voxel_size_nm) if voxel_size_nm is not None else (1.0, 1.0, 1.0)
+    if max(voxel) > min(voxel) * 1.001:
+        log.info("anisotropy errors on a grid resampled from %s nm voxels to %.3g nm", voxel, min(voxel))
     try:
         report = anisotropy_report(volume.astype(np.uint8), voxel, phase=1, resample=True)
     except ValueError as error:  # no solid voxel, or too thin for a curve: nothing to measure
