@@ -207,16 +207,14 @@ def _write_comparison(out: Path, rows: list[dict], panels: dict, curves: dict, r
     table = write_table(rows, out / "metrics")
     measures = [m for m in ("MP %", "MGP %", "MDS", "solid fraction", *ANISOTROPY) if m in rows[0]]
     transposed = [{"measure": m} | {r["method"]: r[m] for r in rows} for m in measures]
-    reference_curves = {}
     if truth is not None:  # the ground truth's own values, anisotropy included (finite size)
-        truth_aniso = anisotropy_columns(truth, reference.dataset.voxel_size_nm, with_curves=True)
+        truth_aniso = anisotropy_columns(truth, reference.dataset.voxel_size_nm)
         ideal = {"MP %": 0.0, "MGP %": 0.0, "MDS": 1.0, "solid fraction": float((truth == 1).mean())} | truth_aniso
         transposed = [{"measure": t["measure"], "ground truth": ideal[t["measure"]]} | t for t in transposed]
-        reference_curves = {"ground truth": truth_aniso["curves"]} if truth_aniso["curves"] is not None else {}
         save_comparison(out / "comparison.png", reference.images[0, z.start : z.stop], truth, panels,
                         title=f"{Path(reference.dataset_path).name}, {split} slices")
     comparison = write_table(transposed, out / "comparison")
-    save_tpcf(out / "tpcf.png", reference_curves | curves)
+    save_tpcf(out / "tpcf.png", curves)
     save_sections(out / "slices.png", reference.images[0, z.start : z.stop], panels, truth,
                   reference.dataset.voxel_size_nm, title=f"{Path(reference.dataset_path).name}, {split} slices")
     print(f"\n{table}\n\n{comparison}\n\nwritten to {out}")
@@ -242,12 +240,17 @@ def _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predi
     probabilities = _predict(model, datamodule.images, _data_settings(datamodule), inference, z)
     prediction = probabilities.argmax(0).astype(np.uint8)
     curves = {} if curves is None else curves
-    row = _score_row(name, split, z, prediction, _labels(datamodule, z), probabilities.shape[0],
-                     datamodule.dataset.voxel_size_nm, curves)
+    truth, voxel = _labels(datamodule, z), datamodule.dataset.voxel_size_nm
+    if truth is not None and "ground truth" not in curves:  # once per evaluation, shared by all methods
+        reference = anisotropy_columns(truth, voxel, with_curves=True)["curves"]
+        if reference is not None:
+            curves["ground truth"] = reference
+    row = _score_row(name, split, z, prediction, truth, probabilities.shape[0], voxel, curves)
     weights = voltage_weights(model, getattr(datamodule, "voltages", None))
     if weights:
         row["voltage weights"] = _format_weights(weights)
-    _write_method(out_dir, row, prediction, datamodule, z, save_predictions, print_table, curves.get(name))
+    method_curves = {key: curves[key] for key in ("ground truth", name) if key in curves}
+    _write_method(out_dir, row, prediction, datamodule, z, save_predictions, print_table, method_curves)
     return row, prediction
 
 
@@ -292,13 +295,14 @@ def anisotropy_columns(volume: np.ndarray, voxel_size_nm=None, with_curves: bool
 
 def _write_method(out_dir: Path, row: dict, prediction, datamodule, z: range, save_predictions: bool, print_table: bool,
                   curves: Mapping | None = None):
+    """metrics.*, slices.png, tpcf.png (the S2 curves given: ground truth and this method) and
+    prediction.tif of one method."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = write_table([row], out_dir / "metrics")
     voxel = datamodule.dataset.voxel_size_nm
     truth = _labels(datamodule, z)
-    if curves is not None:
-        reference = anisotropy_columns(truth, voxel, with_curves=True)["curves"] if truth is not None else None
-        save_tpcf(out_dir / "tpcf.png", ({"ground truth": reference} if reference is not None else {}) | {row["method"]: curves})
+    if curves:
+        save_tpcf(out_dir / "tpcf.png", curves)
     save_sections(out_dir / "slices.png", datamodule.images[0, z.start : z.stop], prediction, truth, voxel,
                   title=row["method"])
     if save_predictions:
