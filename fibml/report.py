@@ -94,12 +94,7 @@ def save_sections(
         title = f"{title}   (errors: red = false solid, blue = missed solid)".strip()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def save_comparison(
@@ -129,12 +124,7 @@ def save_comparison(
             name = f"{name}\n{wrong:.2f} % wrong in this slice"
         ax.set_title(name, fontsize=8)
     fig.suptitle(f"{title}   z = {z}   (errors: red = false solid, blue = missed solid)".strip(), fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def save_tpcf(path: str | Path, curves: Mapping[str, Mapping], columns: int = 4) -> Path:
@@ -157,6 +147,11 @@ def save_tpcf(path: str | Path, curves: Mapping[str, Mapping], columns: int = 4)
         ax.tick_params(labelsize=7)
     axes[0, 0].set_ylabel("S2 of the solid", fontsize=8)
     axes[0, 0].legend(fontsize=7)
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write as PNG atomically (complete or not at all), and free the figure."""
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
