@@ -60,7 +60,7 @@ def anisotropy_report(
     "d_xz_nm", "d_yz_nm", "voxel_size_nm" (isotropic size used), "curves": {"distance_nm",
     "tpcf": {"x", "y", "z"}, "lpf": {"x", "y", "z"}}}.
     """
-    volume = _check_volume(volume)
+    volume = check_label_volume(volume)
     voxel = _voxel_sizes(voxel_size_nm)
     _check_step(step)
     if voxel.max() / voxel.min() - 1.0 > ISOTROPY_TOLERANCE:
@@ -100,7 +100,7 @@ def two_point_correlation(volume, phase: int = 1, max_distance: int | None = Non
     Default max_distance: min(100, shortest axis // 2). Pair counts come from a float32 FFT,
     rounded to integers: exact (checked on a 256^3 volume, where the FFT error is ~0.04 pairs).
     """
-    mask = _phase_mask(_check_volume(volume), phase)
+    mask = _phase_mask(check_label_volume(volume), phase)
     rmax = _max_distance(mask.shape, max_distance)
     return {name: _s2_along(mask, axis, rmax) for name, axis in AXES.items()}
 
@@ -112,7 +112,7 @@ def lineal_path(volume, phase: int = 1, max_distance: int | None = None) -> dict
     over the N - r segment positions of every line: L(0) = phase fraction, L non-increasing.
     Exact (integer counts from run lengths).
     """
-    mask = _phase_mask(_check_volume(volume), phase)
+    mask = _phase_mask(check_label_volume(volume), phase)
     rmax = _max_distance(mask.shape, max_distance)
     return {name: _lineal_path_along(mask, axis, rmax) for name, axis in AXES.items()}
 
@@ -121,7 +121,7 @@ def ligament_diameters(volume, phase: int = 1, step: int = 1) -> dict[str, float
     """Mean ligament diameter {"xy", "xz", "yz"} in voxels: the 2-D local thickness of ``phase``
     in every step-th plane of each family (xy: planes perpendicular to z, xz: to y, yz: to x),
     averaged over the phase's pixels of those planes. See ``local_thickness_2d``."""
-    return _diameters(_phase_mask(_check_volume(volume), phase), step)
+    return _diameters(_phase_mask(check_label_volume(volume), phase), step)
 
 
 def local_thickness_2d(planes) -> np.ndarray:
@@ -191,13 +191,15 @@ def diameter_anisotropy_error(d_xy: float, d_xz: float, d_yz: float) -> float:
 # --- validation -------------------------------------------------------------------------
 
 
-def _check_volume(volume) -> np.ndarray:
+def check_label_volume(volume, integer: bool = True) -> np.ndarray:
+    """The volume as a non-empty 3-D (z, y, x) array (of integer or bool labels if ``integer``),
+    else a ValueError saying what is wrong; shared by fibml.metrics.morphology."""
     volume = np.asarray(volume)
     if volume.ndim != 3:
         raise ValueError(f"volume must be a 3-D (z, y, x) array, got {volume.ndim}-D shape {volume.shape}")
     if volume.size == 0:
         raise ValueError(f"volume is empty, shape {volume.shape}")
-    if not (volume.dtype == bool or np.issubdtype(volume.dtype, np.integer)):
+    if integer and not (volume.dtype == bool or np.issubdtype(volume.dtype, np.integer)):
         raise ValueError(f"volume must hold integer labels, got dtype {volume.dtype} (threshold or argmax first)")
     return volume
 

@@ -67,6 +67,8 @@ import numpy as np
 import scipy.ndimage as ndi
 import skfmm
 
+from fibml.metrics.anisotropy import check_label_volume
+
 __all__ = [
     "characteristic_bottleneck_radius",
     "constrictivity",
@@ -123,7 +125,7 @@ def geodesic_tortuosity(volume, phase: int = 0, axis: int = 0, voxel_size_nm: fl
     start voxels, float64, in ``np.nonzero`` order of the face), ``n_start``, ``n_connected``,
     ``straight_nm`` and ``mean_path_nm``.
     """
-    vol = _check_volume(volume)
+    vol = check_label_volume(volume, integer=False)
     vox = _voxel_size(voxel_size_nm)  # tau is a ratio; the size only scales the *_nm outputs
     if axis not in (0, 1, 2):
         raise ValueError(f"axis must be 0 (z), 1 (y) or 2 (x), got {axis!r}")
@@ -179,7 +181,7 @@ def intrusion_fraction(
     {r_nm: fraction in [0, 1]} in the order given. Radii are snapped to the voxel lattice with a
     1e-9 relative tolerance, so 1.5 nm / 0.5 nm counts as 3 voxels however the division rounds.
     """
-    vol = _check_volume(volume)
+    vol = check_label_volume(volume, integer=False)
     vox = _voxel_size(voxel_size_nm)
     radii = np.atleast_1d(np.asarray(radii_nm, dtype=np.float64))
     if radii.ndim != 1 or radii.size == 0:
@@ -205,7 +207,7 @@ def characteristic_bottleneck_radius(
     exact, as the filled fraction is monotone in r). 0.0 when even one-voxel spheres fill less than
     ``fraction`` (less of the phase is connected to the inlet).
     """
-    vol = _check_volume(volume)
+    vol = check_label_volume(volume, integer=False)
     vox = _voxel_size(voxel_size_nm)
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
@@ -287,15 +289,6 @@ def _power_distance(weights: np.ndarray, max_sq: int) -> np.ndarray:
             np.minimum(out[lo], d[hi] + np.float32(k * k), out=out[lo])
         d = out
     return d
-
-
-def _check_volume(volume) -> np.ndarray:
-    vol = np.asarray(volume)
-    if vol.ndim != 3:
-        raise ValueError(f"volume must be 3-D (z, y, x), got {vol.ndim}-D with shape {vol.shape}")
-    if vol.size == 0:
-        raise ValueError(f"volume is empty, shape {vol.shape}")
-    return vol
 
 
 def _voxel_size(voxel_size_nm) -> float:
