@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 from threadpoolctl import threadpool_limits
 
-from fibml.baselines import clustering, kmeans_segmentation
+from fibml.baselines import common, kmeans_segmentation
 from fibml.io import read_dataset
 from fibml.metrics.confusion import confusion_matrix, misplaced_pixels
 
@@ -141,7 +141,7 @@ def test_subsampled_fit_and_chunked_prediction_label_every_voxel(monkeypatch):
     image = render(labels, [0.2, 0.8])
     whole = kmeans_segmentation(image, n_clusters=2, sample_size=500)
     np.testing.assert_array_equal(whole, labels)  # fitted on 500 of 6912 voxels, all voxels assigned
-    monkeypatch.setattr(clustering, "_CHUNK_VOXELS", 2 * SHAPE[1] * SHAPE[2])  # chunks of 2 slices
+    monkeypatch.setattr(common, "CHUNK_VOXELS", 2 * SHAPE[1] * SHAPE[2])  # chunks of 2 slices
     chunked = kmeans_segmentation(image, n_clusters=2, sample_size=500, progress=True)
     np.testing.assert_array_equal(chunked, whole)
 

@@ -8,6 +8,7 @@ from fibml.metrics.confusion import (
     MeanDiceScore,
     MisplacedPixels,
     MisplacedSolidPixels,
+    average_weighted_error,
     confusion_matrix,
     dice_per_class,
     iou_per_class,
@@ -88,10 +89,24 @@ def test_three_class_case():
     assert misplaced_solid_pixels(c, solid_class=2) == pytest.approx(50.0)  # 1 of 2 class-2 pixels missed
 
 
+def test_average_weighted_error_weights_iou_by_phase_volume():
+    # eq. 1 of the random-forest paper: awe = (1 - sum IoU_i p_i) * 100 %
+    # 3 classes of 2 pixels each (p = 1/3): IoU 1/3, 2/3, 1/2 -> awe = 100 (1 - 1.5 / 3) = 50
+    assert average_weighted_error(confusion_matrix(PRED_3, TARGET_3, 3)) == pytest.approx(50.0)
+    # a small phase missed entirely: target [0,0,0,1], all predicted 0 -> IoU 3/4 and 0, p = 3/4 and 1/4
+    # awe = 100 (1 - 9/16) = 43.75 (the unweighted mean IoU error would be 62.5)
+    c = confusion_matrix(np.array([0, 0, 0, 0]), np.array([0, 0, 0, 1]), 2)
+    assert average_weighted_error(c) == pytest.approx(43.75)
+    assert average_weighted_error(confusion_matrix(TARGET_3, TARGET_3, 3)) == pytest.approx(0.0)
+    assert average_weighted_error(np.zeros((3, 3), dtype=np.int64)) == 0.0
+    assert segmentation_scores(PRED_3, TARGET_3, n_classes=3)["awe"] == pytest.approx(50.0)
+
+
 def test_formulas_work_unchanged_on_torch_tensors():
     c_np = confusion_matrix(PRED_3, TARGET_3, 3)
     c_t = torch.from_numpy(c_np)
-    for fn in (misplaced_pixels, misplaced_solid_pixels, mean_dice_score, dice_per_class, iou_per_class):
+    for fn in (misplaced_pixels, misplaced_solid_pixels, mean_dice_score, dice_per_class, iou_per_class,
+               average_weighted_error):
         out = fn(c_t)
         assert isinstance(out, torch.Tensor) and out.is_floating_point()
         np.testing.assert_allclose(out.numpy(), fn(c_np), rtol=1e-6)

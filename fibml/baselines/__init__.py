@@ -1,9 +1,13 @@
 """Classical segmentation methods that fibml's neural segmentation is compared against.
 
-These baselines need no training data: they take the BSE stacks (one or several voltages) and
-return labels in fibml's convention (uint8, 0 = pore, 1 = solid, more phases allowed).
+Every baseline is an object with ``fit(images, labels)`` and ``predict(images)`` on (C, z, y, x)
+raw intensities, returning uint8 labels (0 = pore, 1 = solid, more phases allowed); the ones
+that learn nothing from labels (k-means, Otsu) ignore ``fit``. evaluate.py scores them on the
+same slices and in the same table as the networks (``python evaluate.py method=kmeans``).
 """
 
-from fibml.baselines.clustering import kmeans_segmentation
+from fibml.baselines.clustering import KMeansSegmenter, kmeans_segmentation
+from fibml.baselines.common import UNLABELLED, sparse_labels
+from fibml.baselines.thresholds import MultiThreshold, OtsuThreshold
 
-__all__ = ["kmeans_segmentation"]
+__all__ = ["UNLABELLED", "KMeansSegmenter", "MultiThreshold", "OtsuThreshold", "kmeans_segmentation", "sparse_labels"]

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["kmeans_segmentation"]
+from fibml.baselines import common
+from fibml.baselines.common import check_images, check_int
 
-# voxels (per channel) that one prediction chunk holds: bounds memory on big stacks
-_CHUNK_VOXELS = 4_000_000
+__all__ = ["KMeansSegmenter", "kmeans_segmentation"]
+
 _MODES = ("volume", "slice")
 
 
@@ -72,9 +73,9 @@ def kmeans_segmentation(
     n_phases, solid_clusters outside [1, n_clusters - 1], an unknown mode, or a malformed
     cluster_to_phase.
     """
-    images = _check_images(images)
+    images = check_images(images)
     n_clusters, solid_clusters, n_phases, sample_size, n_init = (
-        _check_int(value, name)
+        check_int(value, name)
         for value, name in ((n_clusters, "n_clusters"), (solid_clusters, "solid_clusters"), (n_phases, "n_phases"),
                             (sample_size, "sample_size"), (n_init, "n_init"))
     )
@@ -103,7 +104,7 @@ def kmeans_segmentation(
     bar = tqdm(total=depth, desc=f"k-means ({mode})", unit="slice", disable=not progress, leave=False)
     if mode == "volume":
         model = _fit(images, n_clusters, sample_size, rng, seed, n_init, phase_of_rank, where="the stack")
-        step = max(1, _CHUNK_VOXELS // (height * width))
+        step = max(1, common.CHUNK_VOXELS // (height * width))
         for z0 in range(0, depth, step):
             z1 = min(depth, z0 + step)
             labels[z0:z1] = model.predict(images[:, z0:z1])
@@ -116,6 +117,23 @@ def kmeans_segmentation(
             bar.update(1)
     bar.close()
     return labels
+
+
+class KMeansSegmenter:
+    """``kmeans_segmentation`` as a baseline object (fit / predict), as evaluate.py runs every
+    baseline. k-means learns nothing from labels: ``fit`` is a no-op and every ``predict``
+    clusters the stack it is given (keyword arguments as in ``kmeans_segmentation``)."""
+
+    needs_labels = False
+
+    def __init__(self, **options):
+        self.options = options
+
+    def fit(self, images=None, labels=None) -> KMeansSegmenter:
+        return self
+
+    def predict(self, images) -> np.ndarray:
+        return kmeans_segmentation(images, **self.options)
 
 
 class _Model:
@@ -194,39 +212,3 @@ def _phase_of_rank(n_clusters, n_phases, solid_clusters, cluster_to_phase) -> np
     for phase, ranks in enumerate(np.array_split(np.arange(n_clusters), n_phases)):
         table[ranks] = phase
     return table
-
-
-def _check_images(images) -> np.ndarray:
-    """(C, z, y, x) view of the input; ValueError for a wrong shape, dtype or non-finite values."""
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[None]
-    elif images.ndim != 4:
-        raise ValueError(
-            f"images must be a (z, y, x) stack or a (channel, z, y, x) array, got {images.ndim} dimensions "
-            f"(shape {images.shape})"
-        )
-    if images.size == 0:
-        raise ValueError(f"images are empty (shape {images.shape})")
-    real = np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)
-    if images.dtype == bool or not real:
-        raise ValueError(f"images must hold real numbers (integer or float), got dtype {images.dtype}")
-    if np.issubdtype(images.dtype, np.floating):
-        step = max(1, _CHUNK_VOXELS // (images.shape[2] * images.shape[3]))
-        for z0 in range(0, images.shape[1], step):  # slice chunks: no full-size temporary mask
-            bad = ~np.isfinite(images[:, z0 : z0 + step])
-            if bad.any():
-                c, z, y, x = np.argwhere(bad)[0]
-                chunks = range(0, images.shape[1], step)
-                total = sum(int((~np.isfinite(images[:, s : s + step])).sum()) for s in chunks)
-                raise ValueError(
-                    f"images contain {total} NaN or inf voxel(s), the first at channel {c}, slice {z0 + z}, "
-                    f"row {y}, column {x}: fill or mask them before clustering"
-                )
-    return images
-
-
-def _check_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    return int(value)

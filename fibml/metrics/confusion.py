@@ -1,4 +1,4 @@
-"""Segmentation accuracy from a confusion matrix: MP, MGP, MDS (Dice) and IoU, in numpy and torchmetrics.
+"""Segmentation accuracy from a confusion matrix: MP, MGP, MDS (Dice), IoU and awe, in numpy and torchmetrics.
 
 Labels: 0 = pore, ``solid_class`` (default 1) = solid. The confusion matrix C has rows = target
 class and columns = predicted class, so C[t, p] counts pixels of class t predicted as p.
@@ -28,6 +28,7 @@ __all__ = [
     "dice_per_class",
     "mean_dice_score",
     "iou_per_class",
+    "average_weighted_error",
     "segmentation_scores",
     "MisplacedPixels",
     "MisplacedSolidPixels",
@@ -79,13 +80,26 @@ def iou_per_class(confmat):
     return _safe_div(tp, confmat.sum(1) + confmat.sum(0) - tp, empty=1.0)
 
 
+def average_weighted_error(confmat):
+    """awe in %: (1 - sum_i IoU_i p_i) * 100, p_i the volume fraction of class i in the target
+    (eq. 1 of random-forest-multi-detector.txt): IoU weighted by phase volume, so a small phase
+    does not dominate. 0 for a perfect segmentation; 0 for an empty confusion matrix."""
+    total = confmat.sum()
+    fractions = _safe_div(confmat.sum(1), total, empty=0.0)
+    if total == 0:
+        return _scalar(fractions.sum() * 0.0)
+    return _scalar(100.0 * (1.0 - (iou_per_class(confmat) * fractions).sum()))
+
+
 def segmentation_scores(pred, target, n_classes: int = 2, solid_class: int = 1) -> dict[str, Any]:
-    """All scores of integer label arrays: {"mp": %, "mgp": %, "mds": [0, 1], "iou": per class, "dice": per class}."""
+    """All scores of integer label arrays: {"mp": %, "mgp": %, "mds": [0, 1], "awe": %,
+    "iou": per class, "dice": per class}."""
     c = confusion_matrix(pred, target, n_classes)
     return {
         "mp": misplaced_pixels(c),
         "mgp": misplaced_solid_pixels(c, solid_class),
         "mds": mean_dice_score(c),
+        "awe": average_weighted_error(c),
         "iou": iou_per_class(c).tolist(),
         "dice": dice_per_class(c).tolist(),
     }
