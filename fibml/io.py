@@ -1,9 +1,15 @@
 """TIFF stacks and dataset folders on disk.
 
 A dataset is a folder with `manifest.json` (voxel size in nm, voltages, materials, generator
-parameters, fibml version) and (z, y, x) TIFF stacks `bse_<V>kV.tif` (one per voltage) and
-`labels.tif` (uint8 ground truth, 0 = pore, 1 = solid, more classes allowed). Real data has
-the same layout without labels. Every writer is atomic: a temporary file (or folder) is
+parameters, fibml version) and (z, y, x) TIFF stacks, one per image channel, and `labels.tif`
+(uint8 ground truth, 0 = pore, 1 = solid, more classes allowed). Real data has the same layout
+without labels.
+
+Channels. A BSE stack at V kV is `bse_<V>kV.tif` and its channel key is the voltage, a float
+(2 -> bse_2kV.tif). Other detectors (the in-lens and chamber SE2 detectors of
+random-forest-multi-detector.txt) are `<detector>_<V>kV.tif` and their key is that name, a
+string ("se2_1kV" -> se2_1kV.tif). Wherever fibml asks for `voltages` (data.voltages, the
+dataset reader), either kind of key may be given: `[1, 2, 4]` or `[se2_1kV, inlens_1kV]`. Every writer is atomic: a temporary file (or folder) is
 renamed into place, so an interrupted run leaves nothing half-written.
 """
 
@@ -23,10 +29,14 @@ import numpy as np
 import tifffile
 
 import fibml
+from fibml.channels import _CHANNEL_RE, Channel, channel_key, channel_label
 
 __all__ = [
     "Dataset",
     "atomic_path",
+    "available_channels",
+    "channel_key",
+    "channel_label",
     "read_dataset",
     "read_stack",
     "stack_name",
@@ -37,7 +47,7 @@ __all__ = [
 
 LABELS = "labels.tif"
 MANIFEST = "manifest.json"
-_STACK_RE = re.compile(r"^bse_(\d+(?:\.\d+)?)kV\.tif$")
+_STACK_RE = re.compile(r"^([a-z][a-z0-9]*)_(\d+(?:\.\d+)?)kV\.tif$", re.IGNORECASE)
 
 
 @dataclass
@@ -45,28 +55,30 @@ class Dataset:
     """A dataset folder in memory: images[voltage_kV] and labels are (z, y, x) arrays."""
 
     path: Path
-    images: dict[float, np.ndarray]
+    images: dict[Channel, np.ndarray]
     voxel_size_nm: tuple[float, float, float]
     labels: np.ndarray | None = None
     manifest: dict = field(default_factory=dict)
 
     @property
-    def voltages(self) -> list[float]:
-        return sorted(self.images)
+    def voltages(self) -> list[Channel]:
+        """The channel keys: BSE voltages (kV, ascending), then detector signals by name."""
+        return _sorted_channels(self.images)
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return next(iter(self.images.values())).shape
 
-    def stack(self, voltages: Sequence[float] | None = None) -> np.ndarray:
-        """Images of the given voltages as one (channel, z, y, x) float32 array."""
+    def stack(self, voltages: Sequence[Channel] | None = None) -> np.ndarray:
+        """Images of the given channels (voltages or detector names) as one (channel, z, y, x) float32 array."""
         voltages = self.voltages if voltages is None else voltages
-        return np.stack([self.images[float(v)] for v in voltages]).astype(np.float32, copy=False)
+        return np.stack([self.images[channel_key(v)] for v in voltages]).astype(np.float32, copy=False)
 
 
-def stack_name(voltage_kV: float) -> str:
-    """File name of the BSE stack at a voltage: 2 -> 'bse_2kV.tif', 1.5 -> 'bse_1.5kV.tif'."""
-    return f"bse_{float(voltage_kV):g}kV.tif"
+def stack_name(channel) -> str:
+    """File name of a channel's stack: 2 -> 'bse_2kV.tif', 1.5 -> 'bse_1.5kV.tif', 'se2_1kV' -> 'se2_1kV.tif'."""
+    key = channel_key(channel)
+    return f"bse_{key:g}kV.tif" if isinstance(key, float) else f"{key}.tif"
 
 
 def read_stack(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float] | None]:
@@ -113,12 +125,13 @@ def write_stack(path: str | Path, array: np.ndarray, voxel_size_nm: Sequence[flo
 
 def read_dataset(
     folder: str | Path,
-    voltages: Sequence[float] | None = None,
+    voltages: Sequence[Channel] | None = None,
     require_labels: bool = False,
 ) -> Dataset:
     """Read a dataset folder; check that every stack has the same shape and a voxel size.
 
-    voltages: which bse_<V>kV.tif stacks to read (default: all in the folder).
+    voltages: which channels to read: BSE voltages (bse_<V>kV.tif) and / or detector stack
+        names (se2_1kV -> se2_1kV.tif); default: every channel in the folder.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -130,10 +143,12 @@ def read_dataset(
         except json.JSONDecodeError as err:
             raise ValueError(f"{folder / MANIFEST}: not valid JSON ({err})") from err
 
-    available = available_voltages(folder)
-    wanted = available if voltages is None else [float(v) for v in voltages]
+    available = available_channels(folder)
+    wanted = available if voltages is None else [channel_key(v) for v in voltages]
     if not wanted:
-        raise FileNotFoundError(f"{folder} holds no BSE stack (expected files named like bse_2kV.tif)")
+        raise FileNotFoundError(
+            f"{folder} holds no image stack (expected files named like bse_2kV.tif or se2_1kV.tif)"
+        )
     missing = [v for v in wanted if v not in available]
     if missing:
         found = ", ".join(stack_name(v) for v in available) or "none"
@@ -173,7 +188,7 @@ def read_dataset(
 
 def write_dataset(
     folder: str | Path,
-    images: Mapping[float, np.ndarray],
+    images: Mapping[Channel, np.ndarray],
     voxel_size_nm: Sequence[float] | float,
     labels: np.ndarray | None = None,
     manifest: Mapping | None = None,
@@ -204,7 +219,8 @@ def write_dataset(
             **dict(manifest or {}),
             "voxel_size_nm": voxel,
             "shape": list(reference),
-            "voltages_kV": sorted(float(v) for v in images),
+            "voltages_kV": sorted({_voltage_of(v) for v in images}),
+            "channels": [channel_label(v) for v in _sorted_channels(images)],
             "files": sorted(shapes),
         }
         write_json(tmp / MANIFEST, content)
@@ -217,9 +233,18 @@ def write_dataset(
     return folder
 
 
-def available_voltages(folder: str | Path) -> list[float]:
-    """Voltages (kV) of the bse_<V>kV.tif stacks in a folder, ascending."""
-    return sorted(float(m.group(1)) for p in Path(folder).iterdir() if (m := _STACK_RE.match(p.name)))
+def available_channels(folder: str | Path) -> list[Channel]:
+    """Channel keys of the image stacks in a folder: BSE voltages ascending, then detector names."""
+    return _sorted_channels([channel_key(p.stem) for p in Path(folder).iterdir() if _STACK_RE.match(p.name)])
+
+
+def _sorted_channels(channels) -> list[Channel]:
+    return sorted(channels, key=lambda c: (isinstance(c, str), c))
+
+
+def _voltage_of(channel: Channel) -> float:
+    """The beam voltage (kV) of a channel key."""
+    return channel if isinstance(channel, float) else float(_CHANNEL_RE.match(channel).group(2))
 
 
 def write_json(path: str | Path, content: Mapping) -> Path:

@@ -91,7 +91,7 @@ def save_sections(
             ax.set_title(f"{key}, {cut_name}", fontsize=9 if not several else 7)
             ax.set_axis_off()
     if labels is not None:
-        title = f"{title}   (errors: red = false solid, blue = missed solid)".strip()
+        title = f"{title}   ({_ERROR_LEGEND}{_MULTI_PHASE_LEGEND if labels.max(initial=0) > 1 else ''})".strip()
     if title:
         fig.suptitle(title)
     return _save_figure(fig, path)
@@ -123,7 +123,8 @@ def save_comparison(
             wrong = float((predictions[name][z] != labels[z]).mean()) * 100
             name = f"{name}\n{wrong:.2f} % wrong in this slice"
         ax.set_title(name, fontsize=8)
-    fig.suptitle(f"{title}   z = {z}   (errors: red = false solid, blue = missed solid)".strip(), fontsize=9)
+    legend = _ERROR_LEGEND + (_MULTI_PHASE_LEGEND if labels.max(initial=0) > 1 else "")
+    fig.suptitle(f"{title}   z = {z}   ({legend})".strip(), fontsize=9)
     return _save_figure(fig, path)
 
 
@@ -150,6 +151,10 @@ def save_tpcf(path: str | Path, curves: Mapping[str, Mapping], columns: int = 4)
     return _save_figure(fig, path)
 
 
+_ERROR_LEGEND = "errors: red = false solid, blue = missed solid"
+_MULTI_PHASE_LEGEND = ", orange = wrong solid phase"
+
+
 def _save_figure(fig, path: str | Path) -> Path:
     """Lay out, write as PNG atomically (complete or not at all), and free the figure."""
     fig.tight_layout()
@@ -161,9 +166,11 @@ def _save_figure(fig, path: str | Path) -> Path:
 
 
 def _error_map(prediction: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """RGB: correct solid white, correct pore black, false solid red, missed solid blue."""
-    rgb = np.zeros((*labels.shape, 3), dtype=np.float32)
-    rgb[(prediction > 0) & (labels > 0)] = 1.0
+    """RGB: correct pixels grey by phase (pore black, solid white, further phases grey), false
+    solid red, missed solid blue, and (more than two phases) one solid phase taken for another orange."""
+    top = max(int(labels.max(initial=0)), int(prediction.max(initial=0)), 1)
+    rgb = np.repeat((labels.astype(np.float32) / top)[..., None], 3, axis=-1)
     rgb[(prediction > 0) & (labels == 0)] = (1.0, 0.1, 0.1)
     rgb[(prediction == 0) & (labels > 0)] = (0.2, 0.4, 1.0)
+    rgb[(prediction > 0) & (labels > 0) & (prediction != labels)] = (1.0, 0.65, 0.0)
     return rgb

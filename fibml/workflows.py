@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fibml.callbacks import CONFIG_KEY, LOGGERS_KEY, EmbedRunConfig
+from fibml.channels import channel_key, channel_label
 from fibml.config import register_resolvers
 from fibml.data.transforms import normalize_channels
 from fibml.inference import predict_volume, resolve_device
@@ -104,30 +105,43 @@ def train_objective(cfg: DictConfig) -> float | None:
 
 
 def evaluate(cfg: DictConfig) -> dict | list[dict]:
-    """Score trained models (and classical baselines) on ground truth, all on the same slices.
+    """Score trained models and classical baselines on ground truth, all on the same slices.
 
-    cfg.ckpt_path is one checkpoint / run folder, or a list of them. Each model is rebuilt from
-    its checkpoint's own config and predicts the split of its dataset (or of cfg.data_dir). One
-    model alone: metrics.csv / metrics.md / slices.png / prediction.tif in the output folder, as
-    after training. Several methods: one subfolder each, and the comparison in the output folder:
-    metrics.csv / metrics.md (one row per method, Table 2 layout), comparison.md (measures as
-    rows, methods as columns, Table 3 layout), comparison.png (one slice: ground truth and
-    every method's prediction with its errors coloured) and tpcf.png (S2 along x, y, z).
-    Every row carries the prediction's anisotropy errors (eq. 4, 5). A data_dir without
-    labels.tif (a real stack) is predicted whole (split=all) and scored without ground truth:
-    solid fraction and anisotropy errors only."""
-    specs = list(cfg.ckpt_path) if OmegaConf.is_list(cfg.ckpt_path) else [cfg.ckpt_path]
-    kmeans = (cfg.get("baselines") or {}).get("kmeans") or {}
-    several = len(specs) + len(kmeans.get("voltages") or []) > 1
+    cfg.ckpt_path: a checkpoint / run folder, a list of them, or null. Each model is rebuilt
+    from its checkpoint's own config and predicts the split of its dataset (or of cfg.data_dir).
+    cfg.method: the baselines (configs/method/*.yaml: kmeans, otsu, double_threshold,
+    triple_threshold, random_forest), each on the channels its ``inputs`` names; without a
+    checkpoint they run on cfg.data (the embedded default) or cfg.data_dir. Baselines that learn
+    (thresholds fitted on labels, the random forest) get sparse labels from the training block,
+    never from the scored slices (cfg.baseline_training).
+
+    One method alone: metrics.csv / metrics.md / slices.png / prediction.tif in the output
+    folder, as after training. Several: one subfolder each, and the comparison in the output
+    folder: metrics.csv / metrics.md (one row per method, Table 2 layout), comparison.md
+    (measures as rows, methods as columns, Table 3 layout), comparison.png (one slice: ground
+    truth and every method's prediction with its errors coloured) and tpcf.png (S2 along x, y,
+    z). Every row carries MP / MGP / MDS / awe and the IoU of each phase, and the prediction's
+    anisotropy errors (eq. 4, 5). A data_dir without labels.tif (a real stack) is predicted
+    whole (split=all) and scored without ground truth: solid fraction and anisotropy errors."""
+    specs = _as_list(cfg.get("ckpt_path"))
+    methods = dict(cfg.get("method") or {})
+    if not specs and not methods:
+        raise ValueError(
+            "nothing to evaluate: give ckpt_path=<run folder or .ckpt> (or a list) and/or method=<baseline> "
+            f"(one of {', '.join(_method_names())}, or a list: 'method=[kmeans,otsu]')"
+        )
     out = Path(cfg.paths.output_dir)
     split = cfg.get("split", "test")
-    rows, panels, curves, reference = [], {}, {}, None
+    reference = None if specs else _test_datamodule(cfg.data, cfg.get("data_dir"))
+    jobs = _baseline_jobs(methods, reference) if reference is not None else None
+    rows, panels, curves = [], {}, {}
     for spec in specs:
         checkpoint = resolve_checkpoint(spec)
         model, run_cfg = load_model(checkpoint)
         datamodule = _test_datamodule(run_cfg.data, cfg.get("data_dir"))
         if reference is None:
-            reference = datamodule
+            reference, jobs = datamodule, _baseline_jobs(methods, datamodule)
+        several = len(specs) + len(jobs) > 1
         _check_same_slices(datamodule, reference, split, checkpoint)
         name = _unique(method_name(run_cfg), [r["method"] for r in rows], checkpoint)
         row, panels[name] = _evaluate_one(
@@ -135,14 +149,156 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
             cfg.get("save_predictions", True), print_table=not several, curves=curves,
         )
         rows.append(row)
-    if kmeans.get("voltages"):
-        if reference is None:
-            raise ValueError("baselines.kmeans needs at least one checkpoint: its dataset and split define the slices")
-        rows += _kmeans_rows(kmeans, reference, split, panels, curves)
+    several = len(specs) + len(jobs) > 1
+    for job in jobs:
+        row, panels[job["name"]] = _evaluate_baseline(
+            job, reference, split, cfg.get("baseline_training") or {}, out / _slug(job["name"]) if several else out,
+            cfg.get("save_predictions", True), print_table=not several, curves=curves,
+        )
+        rows.append(row)
     if several:
         _write_comparison(out, rows, panels, curves, reference, split)
         return rows
     return rows[0]
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else [value]
+
+
+def _method_names() -> list[str]:
+    from fibml.config import CONFIG_DIR
+
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / "method").glob("*.yaml"))
+
+
+def _baseline_jobs(methods: Mapping, reference) -> list[dict]:
+    """One job per (baseline, channel group): a method's ``inputs`` list entries are ``all``
+    (every channel of the dataset together), ``each`` (every channel alone, one row each, as the
+    k-means rows of Table 3) or a list of channels (``[se2_1kV, inlens_1kV]``)."""
+    if not methods:
+        return []
+    from fibml.io import available_channels
+
+    channels = available_channels(reference.dataset_path)
+    jobs = []
+    for key, spec in methods.items():
+        if not isinstance(spec, Mapping) or "segmenter" not in spec:
+            raise ValueError(f"method.{key} needs a 'segmenter' (a _target_ with its options): see configs/method/")
+        groups = []
+        for entry in _as_list(spec.get("inputs") or ["all"]):
+            if entry == "all":
+                groups.append(list(channels))
+            elif entry == "each":
+                groups += [[c] for c in channels]
+            else:
+                group = [channel_key(c) for c in _as_list(entry)]
+                missing = [c for c in group if c not in channels]
+                if missing:
+                    raise ValueError(
+                        f"method.{key}.inputs names {', '.join(map(channel_label, missing))}, which "
+                        f"{reference.dataset_path} does not hold (found: {', '.join(map(channel_label, channels))})"
+                    )
+                groups.append(group)
+        for group in groups:
+            jobs.append({"key": key, "name": f"{spec.get('name', key)}, {channels_text(group)}", "channels": group,
+                         "segmenter": spec["segmenter"]})
+    return jobs
+
+
+def _evaluate_baseline(job: Mapping, reference, split: str, training: Mapping, out_dir: Path, save_predictions: bool,
+                       print_table: bool, curves: dict):
+    """Fit (on sparse labels of the training block, if the baseline learns) and apply one
+    baseline to the scored slices of the reference dataset; its row, prediction and files."""
+    z = reference.z_range(split)
+    n_phases = _n_phases(reference)
+    segmenter = _instantiate_baseline(job["segmenter"], n_phases, job["channels"])
+    images = read_dataset(reference.dataset_path, job["channels"]).stack(job["channels"])
+    extra = {}
+    if segmenter.needs_labels:
+        train_images, train_labels = _baseline_training_data(job, reference, split, training)
+        segmenter.fit(train_images, train_labels)
+        extra = _baseline_report(segmenter, train_images, train_labels, out_dir)
+    # local baselines (filters across slices) see the neighbours of the block, as the networks do
+    halo = int(getattr(segmenter, "context_slices", 0))
+    z0, z1 = max(0, z.start - halo), min(images.shape[1], z.stop + halo)
+    prediction = segmenter.predict(images[:, z0:z1])[z.start - z0 : z.stop - z0]
+    truth = _labels(reference, z)
+    row = _score_row(job["name"], split, z, prediction, truth, n_phases, reference.dataset.voxel_size_nm, curves,
+                     phases=_phase_names(reference, n_phases))
+    row |= extra
+    method_curves = {key: curves[key] for key in ("ground truth", job["name"]) if key in curves}
+    _write_method(out_dir, row, prediction, reference, z, save_predictions, print_table, method_curves)
+    return row, prediction
+
+
+def _instantiate_baseline(node, n_phases: int, channels: list):
+    """The configured baseline; ``n_phases: null`` and ``channel_names: null`` are filled in
+    from the dataset (its number of phases, the names of the channels it is given)."""
+    options = {}
+    if "n_phases" in node and node.get("n_phases") is None:
+        options["n_phases"] = n_phases
+    if "channel_names" in node and node.get("channel_names") is None:
+        options["channel_names"] = [channel_label(c) for c in channels]
+    return instantiate(node, **options)
+
+
+def _baseline_training_data(job: Mapping, reference, split: str, training: Mapping):
+    """(images, sparse labels) a learning baseline is fitted on: ``n_slices`` evenly spaced slices
+    of the training block (or of all of training.data_dir), ``pixels_per_class`` random labelled
+    pixels per phase on each, as a user would label a few slices."""
+    from fibml.baselines.common import sparse_labels
+
+    if training.get("data_dir"):
+        dataset = read_dataset(training["data_dir"], job["channels"], require_labels=True)
+        labels, block = dataset.labels, range(dataset.labels.shape[0])
+    else:
+        if reference.labels is None:
+            raise ValueError(
+                f"{job['name']} learns from labelled slices, and {reference.dataset_path} has no {LABELS}: "
+                f"name a labelled dataset with baseline_training.data_dir=<folder>"
+            )
+        if split == "all":
+            raise ValueError(
+                f"{job['name']} learns from labelled slices, and split=all scores every slice of "
+                f"{reference.dataset_path}: name another labelled dataset with baseline_training.data_dir=<folder>"
+            )
+        dataset, labels, block = reference.dataset, reference.labels, reference.z_range("train")
+        if not all(c in dataset.images for c in job["channels"]):
+            dataset = read_dataset(reference.dataset_path, job["channels"])
+    sparse = sparse_labels(labels, block, n_slices=int(training.get("n_slices", 4)),
+                           pixels_per_class=training.get("pixels_per_class", 2000), seed=int(training.get("seed", 0)))
+    return dataset.stack(job["channels"]), sparse
+
+
+def _baseline_report(segmenter, images, labels, out_dir: Path) -> dict:
+    """What a fitted baseline can tell about itself: the thresholds it found (a column of its
+    row), the random forest's feature importances per filter group (tables, Fig. 3)."""
+    extra = {}
+    if hasattr(segmenter, "describe"):
+        extra["rule"] = segmenter.describe()
+    if hasattr(segmenter, "feature_importances"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_table(segmenter.feature_importances(by=("group",)), out_dir / "feature_importances")
+        write_table(segmenter.feature_importances(by=("group", "channel")), out_dir / "feature_importances_per_channel")
+        if hasattr(segmenter, "class_importances"):
+            write_table(segmenter.class_importances(images, labels), out_dir / "feature_importances_per_class")
+    return extra
+
+
+def _n_phases(data) -> int:
+    """Phases of a dataset: its manifest's list of phases, else the labels' largest value + 1, at least 2."""
+    phases = (data.dataset.manifest or {}).get("phases")
+    if phases:
+        return len(phases)
+    return max(2, int(data.labels.max(initial=0)) + 1) if data.labels is not None else 2
+
+
+def _phase_names(data, n: int) -> list[str]:
+    names = list((data.dataset.manifest or {}).get("phases") or ["pore", "solid"])
+    return [names[i] if i < len(names) else f"phase {i}" for i in range(n)]
 
 
 def _test_datamodule(data_cfg: DictConfig, data_dir: str | None):
@@ -168,8 +324,9 @@ class UnlabelledStack:
 
     def __init__(self, data_cfg: Mapping, folder: str | Path):
         self.dataset_path = Path(folder)
-        self.voltages = [float(v) for v in data_cfg["voltages"]]
-        self.dataset = read_dataset(self.dataset_path, self.voltages, require_labels=False)
+        wanted = data_cfg.get("voltages")
+        self.dataset = read_dataset(self.dataset_path, None if wanted is None else [channel_key(v) for v in wanted])
+        self.voltages = self.dataset.voltages if wanted is None else [channel_key(v) for v in wanted]
         normalize = dict(data_cfg.get("normalize") or {})
         self.images = normalize_channels([self.dataset.images[v] for v in self.voltages], **normalize)
         self.dims, self.patch_size, self.n_adjacent = data_cfg["dims"], data_cfg["patch_size"], data_cfg["n_adjacent"]
@@ -205,11 +362,14 @@ def _write_comparison(out: Path, rows: list[dict], panels: dict, curves: dict, r
     truth = _labels(reference, z)
     out.mkdir(parents=True, exist_ok=True)
     table = write_table(rows, out / "metrics")
-    measures = [m for m in ("MP %", "MGP %", "MDS", "solid fraction", *ANISOTROPY) if m in rows[0]]
-    transposed = [{"measure": m} | {r["method"]: r[m] for r in rows} for m in measures]
+    scores = [m for m in dict.fromkeys(k for r in rows for k in r) if m.startswith("IoU ")]
+    measures = [m for m in ("MP %", "MGP %", "MDS", "awe %", *scores, "solid fraction", *ANISOTROPY)
+                if any(m in r for r in rows)]
+    transposed = [{"measure": m} | {r["method"]: r.get(m, "") for r in rows} for m in measures]
     if truth is not None:  # the ground truth's own values, anisotropy included (finite size)
         truth_aniso = anisotropy_columns(truth, reference.dataset.voxel_size_nm)
-        ideal = {"MP %": 0.0, "MGP %": 0.0, "MDS": 1.0, "solid fraction": float((truth == 1).mean())} | truth_aniso
+        ideal = {"MP %": 0.0, "MGP %": 0.0, "MDS": 1.0, "awe %": 0.0, "solid fraction": float((truth == 1).mean())}
+        ideal |= {m: 1.0 for m in scores} | truth_aniso
         transposed = [{"measure": t["measure"], "ground truth": ideal[t["measure"]]} | t for t in transposed]
         save_comparison(out / "comparison.png", reference.images[0, z.start : z.stop], truth, panels,
                         title=f"{Path(reference.dataset_path).name}, {split} slices")
@@ -245,7 +405,9 @@ def _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predi
         reference = anisotropy_columns(truth, voxel, with_curves=True)["curves"]
         if reference is not None:
             curves["ground truth"] = reference
-    row = _score_row(name, split, z, prediction, truth, probabilities.shape[0], voxel, curves)
+    n_phases = _n_phases(datamodule) if truth is not None else probabilities.shape[0]
+    row = _score_row(name, split, z, prediction, truth, max(probabilities.shape[0], n_phases), voxel, curves,
+                     phases=_phase_names(datamodule, max(probabilities.shape[0], n_phases)))
     weights = voltage_weights(model, getattr(datamodule, "voltages", None))
     if weights:
         row["voltage weights"] = _format_weights(weights)
@@ -255,14 +417,18 @@ def _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predi
 
 
 def _score_row(name: str, split: str, z: range, prediction: np.ndarray, truth: np.ndarray, n_classes: int,
-               voxel_size_nm=None, curves: dict | None = None) -> dict:
-    """MP / MGP / MDS against the truth, and the anisotropy errors (eq. 4, 5) of the prediction
-    alone: the numbers a user can also get for real data without ground truth. The S2 curves go
-    into ``curves[name]`` when a dict is given (for tpcf.png)."""
+               voxel_size_nm=None, curves: dict | None = None, phases: list[str] | None = None) -> dict:
+    """MP / MGP / MDS / awe and the IoU of each phase against the truth, and the anisotropy
+    errors (eq. 4, 5) of the prediction alone: the numbers a user can also get for real data
+    without ground truth. The S2 curves go into ``curves[name]`` when a dict is given (for tpcf.png)."""
     row = {"method": name, "split": f"{split} (z {z.start}-{z.stop - 1})"}
     if truth is not None:
+        n_classes = max(n_classes, int(truth.max(initial=0)) + 1, int(prediction.max(initial=0)) + 1)
+        names = phases or []
+        names = [names[i] if i < len(names) else ("pore", "solid")[i] if i < 2 else f"phase {i}" for i in range(n_classes)]
         scores = segmentation_scores(prediction, truth, n_classes=n_classes)
-        row |= {"MP %": scores["mp"], "MGP %": scores["mgp"], "MDS": scores["mds"]}
+        row |= {"MP %": scores["mp"], "MGP %": scores["mgp"], "MDS": scores["mds"], "awe %": scores["awe"]}
+        row |= {f"IoU {phase}": iou for phase, iou in zip(names, scores["iou"])}
     row["solid fraction"] = float((prediction == 1).mean())
     if truth is not None:
         row["solid fraction (GT)"] = float((truth == 1).mean())
@@ -311,23 +477,6 @@ def _write_method(out_dir: Path, row: dict, prediction, datamodule, z: range, sa
         print(f"\n{table}\n\nwritten to {out_dir}")
 
 
-def _kmeans_rows(settings: Mapping, datamodule, split: str, panels: dict, curves: dict) -> list[dict]:
-    """k-means on each listed voltage alone, on the same slices as the models (Table 3)."""
-    from fibml.baselines.clustering import kmeans_segmentation
-
-    z = datamodule.z_range(split)
-    truth = _labels(datamodule, z)
-    dataset = read_dataset(datamodule.dataset_path, [float(v) for v in settings["voltages"]], require_labels=False)
-    options = {k: v for k, v in settings.items() if k != "voltages"}
-    rows = []
-    for voltage, stack in dataset.images.items():
-        prediction = kmeans_segmentation(stack[z.start : z.stop], **options)
-        name = f"k-means (k={options.get('n_clusters', 3)}), {voltage:g} kV"
-        rows.append(_score_row(name, split, z, prediction, truth, 2, dataset.voxel_size_nm, curves))
-        panels[name] = prediction
-    return rows
-
-
 def _labels(data, z: range) -> np.ndarray | None:
     return None if data.labels is None else data.labels[z.start : z.stop]
 
@@ -348,7 +497,7 @@ def predict(cfg: DictConfig) -> Path:
     checkpoint = resolve_checkpoint(cfg.ckpt_path)
     model, run_cfg = load_model(checkpoint)
     settings = _data_settings(run_cfg.data)
-    voltages = [float(v) for v in run_cfg.data.voltages]
+    voltages = [channel_key(v) for v in run_cfg.data.voltages]
     source = Path(cfg.input)
     if source.is_dir():
         dataset = read_dataset(source, voltages)
@@ -428,7 +577,7 @@ def voltage_weights(model, voltages) -> dict[str, float]:
     net = getattr(model, "net", None)
     if not hasattr(net, "voltage_weights"):
         return {}
-    names = [f"{float(v):g}kV" for v in voltages] if voltages is not None else [
+    names = [channel_label(v) for v in voltages] if voltages is not None else [
         f"branch{i}" for i in range(net.n_voltages)
     ]
     return dict(zip(names, net.voltage_weights()))
@@ -443,7 +592,7 @@ def _adopt_branch_checkpoints(cfg: DictConfig) -> list[dict]:
     layout, same architecture), put their net config into cfg.model.net.branch so the run's own
     config describes the model it trains, and return their branch state dicts."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    voltages = [float(v) for v in data["voltages"]]
+    voltages = [channel_key(v) for v in data["voltages"]]
     paths = [resolve_checkpoint(p) for p in cfg.model.branch_ckpts]
     if len(paths) != len(voltages):
         raise ValueError(
@@ -456,9 +605,12 @@ def _adopt_branch_checkpoints(cfg: DictConfig) -> list[dict]:
         if CONFIG_KEY not in state:
             raise ValueError(f"{path} holds no fibml config: it was not written by fibml's train.py")
         run = state[CONFIG_KEY]
-        trained = [float(v) for v in run["data"]["voltages"]]
+        trained = [channel_key(v) for v in run["data"]["voltages"]]
         if trained != [voltage]:
-            raise ValueError(f"{path} was trained on {trained} kV; this branch needs a single-voltage model at {voltage:g} kV")
+            raise ValueError(
+                f"{path} was trained on {'+'.join(map(channel_label, trained))}; this branch needs a "
+                f"single-channel model of {channel_label(voltage)}"
+            )
         for key in ("dims", "normalize") + (("n_adjacent",) if data["dims"] == "2.5d" else ()):
             if run["data"].get(key) != data.get(key):
                 raise ValueError(f"{path} was trained with data.{key}={run['data'].get(key)}, this run has {data.get(key)}")
@@ -519,8 +671,15 @@ def _prepare_resume(cfg: DictConfig) -> str:
 def method_name(run_cfg: Mapping) -> str:
     """A short name for tables: net, input kind and voltages, e.g. 'ResidualUNet 2.5d, 1+2+4 kV'."""
     net = str(run_cfg["model"]["net"]["_target_"]).rsplit(".", 1)[-1]
-    voltages = "+".join(f"{float(v):g}" for v in run_cfg["data"]["voltages"])
-    return f"{net} {run_cfg['data']['dims']}, {voltages} kV"
+    return f"{net} {run_cfg['data']['dims']}, {channels_text(run_cfg['data']['voltages'])}"
+
+
+def channels_text(channels) -> str:
+    """Channels for a table: '1+2+4 kV' for BSE voltages, 'se2_1kV+inlens_1kV' for detector stacks."""
+    keys = [channel_key(c) for c in channels]
+    if all(isinstance(k, float) for k in keys):
+        return "+".join(f"{k:g}" for k in keys) + " kV"
+    return "+".join(channel_label(k) for k in keys)
 
 
 def _predict(model, images: np.ndarray, settings: dict, inference: Mapping, z_range: range | None = None) -> np.ndarray:

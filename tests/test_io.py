@@ -10,7 +10,15 @@ import tifffile
 import fibml
 import fibml.io
 import fibml.synth.dataset
-from fibml.io import read_dataset, read_stack, stack_name, write_dataset, write_json, write_stack
+from fibml.channels import channel_key, channel_label
+from fibml.io import (
+    read_dataset,
+    read_stack,
+    stack_name,
+    write_dataset,
+    write_json,
+    write_stack,
+)
 from fibml.synth.dataset import cached_dataset, generate_dataset
 
 VOXEL = (10.0, 2.5, 3.0)  # anisotropic (z, y, x) nm
@@ -81,6 +89,33 @@ def test_write_stack_rejects_2d(tmp_path):
 def test_stack_name():
     assert stack_name(2) == "bse_2kV.tif"
     assert stack_name(1.5) == "bse_1.5kV.tif"
+    assert stack_name("se2_1kV") == "se2_1kV.tif"
+    assert stack_name("bse_4kV") == "bse_4kV.tif"
+
+
+def test_channel_keys_voltages_and_detector_names():
+    assert channel_key(2) == channel_key("2") == channel_key("bse_2kV") == 2.0
+    assert channel_key("inlens_1kV") == "inlens_1kV"
+    assert channel_label(4.0) == "4kV" and channel_label("se2_1kV") == "se2_1kV"
+    for bad in ("se2", "1 kV", "se2-1kV"):
+        with pytest.raises(ValueError, match="not an image channel"):
+            channel_key(bad)
+
+
+def test_detector_stacks_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    images = {"se2_1kV": rng.random((4, 6, 8), dtype=np.float32), "inlens_1kV": rng.random((4, 6, 8), dtype=np.float32),
+              2.0: rng.random((4, 6, 8), dtype=np.float32)}
+    folder = write_dataset(tmp_path / "ds", images, VOXEL, labels=np.zeros((4, 6, 8), np.uint8))
+    assert sorted(p.name for p in folder.glob("*.tif")) == ["bse_2kV.tif", "inlens_1kV.tif", "labels.tif", "se2_1kV.tif"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["voltages_kV"] == [1.0, 2.0]
+    assert manifest["channels"] == ["2kV", "inlens_1kV", "se2_1kV"]
+    ds = read_dataset(folder)
+    assert ds.voltages == [2.0, "inlens_1kV", "se2_1kV"]
+    np.testing.assert_array_equal(ds.stack(["se2_1kV", "bse_2kV"]), np.stack([images["se2_1kV"], images[2.0]]))
+    with pytest.raises(FileNotFoundError, match=r"no inlens_2kV\.tif \(found: bse_2kV\.tif, inlens_1kV\.tif, se2_1kV\.tif\)"):
+        read_dataset(folder, ["inlens_2kV"])
 
 
 def test_dataset_round_trip(tmp_path):
@@ -155,7 +190,7 @@ def test_missing_voltage_names_it_and_lists_the_found(tmp_path):
 
 def test_folder_without_stacks(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no BSE stack"):
+    with pytest.raises(FileNotFoundError, match="no image stack"):
         read_dataset(tmp_path / "empty")
 
 

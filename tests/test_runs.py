@@ -53,7 +53,7 @@ def test_late_fusion_from_single_voltage_checkpoints(single_runs, tiny_dataset, 
 def test_branch_checkpoints_must_match_the_voltages(single_runs, tiny_dataset, tmp_path):
     base = small_net(FAST_TRAIN, "late_fusion") + ["experiment=late_fusion", f"data.data_dir={tiny_dataset}"]
     swapped = f"model.branch_ckpts=[{single_runs[2]},{single_runs[1]},{single_runs[4]}]"
-    with pytest.raises(ValueError, match=r"was trained on \[2.0\] kV; this branch needs a single-voltage model at 1 kV"):
+    with pytest.raises(ValueError, match=r"was trained on 2kV; this branch needs a single-channel model of 1kV"):
         train(compose_config("train", base + [swapped], tmp_path / "a"))
     two = f"model.branch_ckpts=[{single_runs[1]},{single_runs[2]}]"
     with pytest.raises(ValueError, match=r"names 2 checkpoints for the 3 voltages"):
@@ -97,7 +97,7 @@ def test_evaluate_compares_several_methods_on_the_same_slices(single_runs, tiny_
 
     ckpts = ",".join(str(single_runs[v]) for v in (1, 2, 4))
     cfg = compose_config(
-        "evaluate", [f"ckpt_path=[{ckpts}]", "baselines.kmeans.voltages=[1,4]", "inference.device=cpu"], tmp_path
+        "evaluate", [f"ckpt_path=[{ckpts}]", "method=kmeans", "method.kmeans.inputs=[[1],[4]]", "inference.device=cpu"], tmp_path
     )
     rows = evaluate(cfg)
     out = Path(cfg.paths.output_dir)
@@ -112,7 +112,8 @@ def test_evaluate_compares_several_methods_on_the_same_slices(single_runs, tiny_
     comparison = (out / "comparison.md").read_text().splitlines()
     assert comparison[0].startswith("| measure | ground truth | ResidualUNet 2d, 1 kV |")
     measures = [line.split("|")[1].strip() for line in comparison[2:]]
-    assert measures == ["MP %", "MGP %", "MDS", "solid fraction", "e_TPCF", "e_LPF", "e_D"]
+    assert measures == ["MP %", "MGP %", "MDS", "awe %", "IoU pore", "IoU solid", "solid fraction",
+                        "e_TPCF", "e_LPF", "e_D"]
     assert (out / "tpcf.png").is_file()
     for row in rows:  # anisotropy errors of each prediction, no ground truth needed
         assert all(0 <= row[key] <= 2 for key in ("e_TPCF", "e_LPF", "e_D")), row
@@ -151,7 +152,8 @@ def test_evaluate_a_stack_without_labels(single_runs, tiny_dataset, tmp_path):
         assert (out / name).is_file(), name
 
     both = compose_config("evaluate", [f"ckpt_path=[{single_runs[1]},{single_runs[4]}]", f"data_dir={real}",
-                                       "split=all", "baselines.kmeans.voltages=[4]", "inference.device=cpu"],
+                                       "split=all", "method=kmeans", "method.kmeans.inputs=[[4]]",
+                                       "inference.device=cpu"],
                           tmp_path / "two")
     rows = evaluate(both)
     assert [r["method"] for r in rows][-1] == "k-means (k=3), 4 kV" and all("MP %" not in r for r in rows)

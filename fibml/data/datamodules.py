@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from fibml.channels import channel_key
 from fibml.data.patches import DIMS, PatchDataset, split_z_blocks
 from fibml.data.transforms import Augmentation, normalize_channels
 from fibml.io import read_dataset
@@ -22,18 +23,20 @@ class FIBSEMDataModule(pl.LightningDataModule):
 
     data_dir: a dataset folder; None = the embedded default, generated once from `generator`
         (keyword arguments of fibml.synth.dataset.generate_dataset) into `cache_dir`.
-    voltages: which stacks are input channels (kV). dims: "2d", "2.5d" or "3d".
+    voltages: the input channels: BSE voltages (kV) or detector stack names (se2_1kV); None =
+        every channel in the folder. dims: "2d", "2.5d" or "3d".
     n_adjacent: slices per 2.5D input (odd). patch_size / stride: int or (z, y, x) for 3D.
     batch_size: the global batch; each of the trainer's devices gets batch_size / world_size.
     split: fractions train / val / test and the gap (slices) between blocks.
     normalize: percentiles (low, high) mapped to 0 and 1, per stack.
     augmentation: an albumentations transform for training patches (None = no augmentation).
+    n_classes: the phases the model predicts; labels outside [0, n_classes) are refused at setup.
     """
 
     def __init__(
         self,
         data_dir: str | Path | None = None,
-        voltages: Sequence[float] = (2,),
+        voltages: Sequence[float | str] | None = (2,),
         dims: str = "2d",
         n_adjacent: int = 7,
         patch_size: int | Sequence[int] = 64,
@@ -45,6 +48,7 @@ class FIBSEMDataModule(pl.LightningDataModule):
         augmentation=None,
         cache_dir: str | Path = "data",
         generator: Mapping | None = None,
+        n_classes: int | None = None,
     ):
         super().__init__()
         if dims not in DIMS:
@@ -52,7 +56,8 @@ class FIBSEMDataModule(pl.LightningDataModule):
         if data_dir is None and generator is None:
             raise ValueError("give data.data_dir (a dataset folder) or data.generator (to synthesise one)")
         self.data_dir = None if data_dir is None else Path(data_dir)
-        self.voltages = [float(v) for v in voltages]
+        # None = every channel of the dataset folder, known once setup() has read it
+        self.voltages = None if voltages is None else [channel_key(v) for v in voltages]
         self.dims, self.n_adjacent = dims, int(n_adjacent)
         self.patch_size, self.stride = patch_size, stride
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
@@ -60,6 +65,7 @@ class FIBSEMDataModule(pl.LightningDataModule):
         self.normalize = dict(normalize or {})
         self.augmentation = None if augmentation is None else Augmentation(augmentation)
         self.cache_dir, self.generator = Path(cache_dir), generator
+        self.n_classes = None if n_classes is None else int(n_classes)
         self.batch_size_per_device = self.batch_size
         self.images = self.labels = self.blocks = self.dataset = None
         self.datasets: dict[str, PatchDataset] = {}
@@ -82,18 +88,28 @@ class FIBSEMDataModule(pl.LightningDataModule):
             if self.batch_size % world:
                 raise ValueError(f"batch_size {self.batch_size} is not divisible by the {world} devices")
             self.batch_size_per_device = self.batch_size // world
-        if self.images is not None:
-            return
+        if self.images is None:
+            self._read()
+        if stage != "test" and not self.datasets:  # evaluation reads whole slices, no patches
+            for name, z_range in self.blocks.items():
+                self.datasets[name] = PatchDataset(
+                    self.images, self.labels, z_range, self.dims, self.patch_size, self.stride, self.n_adjacent,
+                    transform=self.augmentation if name == "train" else None,
+                )
+
+    def _read(self) -> None:
         self.dataset = read_dataset(self.dataset_path, self.voltages, require_labels=True)
+        self.voltages = self.dataset.voltages if self.voltages is None else self.voltages
         self.images = normalize_channels([self.dataset.images[v] for v in self.voltages], **self.normalize)
         self.labels = self.dataset.labels
+        top = int(self.labels.max(initial=0))
+        if self.n_classes is not None and top >= self.n_classes:
+            raise ValueError(
+                f"{self.dataset_path / 'labels.tif'} holds phase labels 0..{top}, but the model predicts "
+                f"n_classes={self.n_classes}: set model.n_classes={top + 1}"
+            )
         periodic = bool(self.dataset.manifest.get("periodic", False))
         self.blocks = split_z_blocks(self.labels.shape[0], periodic=periodic, **self.split)
-        for name, z_range in self.blocks.items():
-            self.datasets[name] = PatchDataset(
-                self.images, self.labels, z_range, self.dims, self.patch_size, self.stride, self.n_adjacent,
-                transform=self.augmentation if name == "train" else None,
-            )
 
     def z_range(self, split: str) -> range:
         """Slices of a split ("train", "val", "test") or of the whole stack ("all")."""

@@ -1,7 +1,8 @@
-"""`python -m fibml.synth out=<folder> [seed=... shape=[z,y,x] voltages=[1,2,4] ...]`.
+"""`python -m fibml.synth out=<folder> [seed=... shape=[z,y,x] voltages=[1,2,4] generator=...]`.
 
-Writes a dataset folder (manifest.json, bse_<V>kV.tif, labels.tif); every key has a default
-in configs/synth.yaml and configs/generator/.
+Writes a dataset folder (manifest.json, bse_<V>kV.tif or <detector>_<V>kV.tif, labels.tif);
+every key has a default in configs/synth.yaml and configs/generator/ (generator=electrode: the
+three-phase electrode imaged with two detectors).
 """
 
 import hydra
@@ -17,7 +18,7 @@ register_resolvers()
 def main(cfg: DictConfig) -> None:
     folder = generate_dataset(
         cfg.out, cfg.shape, cfg.voxel_size_nm, cfg.voltages, cfg.structure, cfg.imaging,
-        seed=cfg.seed, overwrite=cfg.overwrite,
+        seed=cfg.seed, overwrite=cfg.overwrite, detectors=cfg.get("detectors"), phases=cfg.get("phases"),
     )
     print(f"wrote {folder}")
 

@@ -1,4 +1,5 @@
-"""Synthetic FIB-SEM datasets: a microstructure, its BSE stacks at several voltages, labels."""
+"""Synthetic FIB-SEM datasets: a microstructure, its image stacks (BSE at several voltages, or
+several detector signals), labels."""
 
 from __future__ import annotations
 
@@ -31,14 +32,22 @@ def generate_dataset(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    detectors: Sequence[str] | None = None,
+    phases: Sequence[str] | None = None,
 ) -> Path:
-    """Generate a structure, render its BSE stacks and write the dataset folder `out`.
+    """Generate a structure, render its image stacks and write the dataset folder `out`.
 
     structure: {"function": dotted path of a function taking shape, voxel_size_nm and seed and
         returning a (z, y, x) label array, e.g. fibml.synth.microstructure.hierarchical_leveled_wave,
         **its other keyword arguments}. (Not a Hydra `_target_`, so that a data config holding it
         stays plain data when Hydra instantiates the datamodule.)
-    imaging: keyword arguments of fibml.synth.imaging.render_bse (materials, noise, ...).
+    imaging: keyword arguments of the renderer: fibml.synth.imaging.render_bse (materials,
+        noise, ...), or with detectors fibml.synth.detectors.render_detector (options for every
+        detector; a nested mapping under a detector's name applies to that detector only).
+    detectors: None = BSE stacks bse_<V>kV.tif; a list of secondary-electron detectors (e.g.
+        [se2, inlens]) = one stack <detector>_<V>kV.tif per detector and voltage (the
+        two-detector data of random-forest-multi-detector.txt).
+    phases: names of the label values (0, 1, ...) for tables, stored in the manifest.
     """
     if not voltages:
         raise ValueError("voltages is empty: give at least one beam voltage in kV")
@@ -50,25 +59,40 @@ def generate_dataset(
         "imaging": _plain(imaging or {}),
         "seed": int(seed),
     }
-    bar = tqdm(total=1 + len(voltages), desc=f"synth {Path(out).name}", disable=not progress)
+    if detectors:
+        params["detectors"] = [str(d) for d in detectors]
+    channels = [(v, d) for v in params["voltages"] for d in (params.get("detectors") or [None])]
+    bar = tqdm(total=1 + len(channels), desc=f"synth {Path(out).name}", disable=not progress)
     bar.set_postfix_str("structure")
     labels = _make_structure(params["structure"], params["shape"], voxel_size_nm, seed).astype(np.uint8)
     bar.update()
     images = {}
-    for i, voltage in enumerate(params["voltages"]):
-        bar.set_postfix_str(f"BSE {voltage:g} kV")
-        images[voltage] = render_bse(labels, voltage, voxel_size_nm, seed=seed * 1000 + i + 1, **params["imaging"])
+    for i, (voltage, detector) in enumerate(channels):
+        noise_seed = seed * 1000 + i + 1
+        if detector is None:
+            bar.set_postfix_str(f"BSE {voltage:g} kV")
+            images[voltage] = render_bse(labels, voltage, voxel_size_nm, seed=noise_seed, **params["imaging"])
+        else:
+            bar.set_postfix_str(f"{detector} {voltage:g} kV")
+            images[f"{detector}_{voltage:g}kV"] = _render_detector(labels, detector, voltage, voxel_size_nm, noise_seed,
+                                                                  params["imaging"], params["detectors"])
         bar.update()
     bar.close()
     manifest = {
         "generator": "fibml.synth",
         "generator_version": GENERATOR_VERSION,
         "seed": int(seed),
-        "materials": list(params["imaging"].get("materials", ["epoxy", "Au"])),
-        "periodic": params["imaging"].get("boundary", "periodic") == "periodic",
+        "periodic": params["imaging"].get("boundary", "reflect" if detectors else "periodic") == "periodic",
         "solid_fraction": float((labels == 1).mean()),
+        "phase_fractions": (np.bincount(labels.ravel(), minlength=2) / labels.size).tolist(),
         "parameters": params,
     }
+    if not detectors:
+        manifest["materials"] = list(params["imaging"].get("materials", ["epoxy", "Au"]))
+    if phases:
+        if len(phases) < int(labels.max()) + 1:
+            raise ValueError(f"phases names {len(phases)} phases {list(phases)}, the structure has labels 0..{labels.max()}")
+        manifest["phases"] = [str(p) for p in phases]
     return write_dataset(out, images, voxel_size_nm, labels=labels, manifest=manifest, overwrite=overwrite)
 
 
@@ -83,6 +107,14 @@ def cached_dataset(cache_dir: str | Path, generator: Mapping, progress: bool = T
     if not (folder / MANIFEST).is_file():
         generate_dataset(folder, **params, overwrite=folder.exists(), progress=progress)
     return folder
+
+
+def _render_detector(labels, detector, voltage, voxel_size_nm, seed, imaging: Mapping, detectors) -> np.ndarray:
+    from fibml.synth.detectors import render_detector
+
+    common = {k: v for k, v in imaging.items() if k not in detectors}
+    return render_detector(labels, detector=detector, voltage_kV=voltage, voxel_size_nm=voxel_size_nm, seed=seed,
+                           **common, **dict(imaging.get(detector) or {}))
 
 
 def _make_structure(structure: Mapping, shape, voxel_size_nm, seed) -> np.ndarray:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from fibml.channels import channel_label
 from fibml.nets.fusion import LateFusion
 from fibml.tasks.segmentation import SegmentationTask
 
@@ -60,7 +61,7 @@ class LateFusionTask(SegmentationTask):
             raise ValueError(f"{len(voltages)} voltages {list(voltages)} for {net.n_voltages} branches")
         super().__init__(net, loss, optimizer, scheduler, scheduler_monitor, n_classes, solid_class)
         self.branch_epochs = int(branch_epochs)
-        self.names = [f"{float(v):g}kV" for v in voltages] if voltages is not None else [
+        self.names = [channel_label(v) for v in voltages] if voltages is not None else [
             f"branch{i}" for i in range(net.n_voltages)
         ]
 
