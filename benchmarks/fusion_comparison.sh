@@ -53,5 +53,5 @@ train late_fusion experiment=late_fusion$V \
 
 "$PY" "$REPO/evaluate.py" hydra.run.dir="$OUT/comparison" data_dir="$OUT/data/heldout" split=all \
   "ckpt_path=[$OUT/single_1kV,$OUT/single_2kV,$OUT/single_4kV,$OUT/early_fusion,$OUT/intermediate_fusion,$OUT/late_fusion]" \
-  "baselines.kmeans.voltages=[1,2,4]" save_predictions=false
+  method=kmeans save_predictions=false
 echo "total $(( $(date +%s) - start )) s"

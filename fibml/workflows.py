@@ -222,7 +222,7 @@ def _evaluate_baseline(job: Mapping, reference, split: str, training: Mapping, o
         segmenter.fit(train_images, train_labels)
         extra = _baseline_report(segmenter, train_images, train_labels, out_dir)
     # local baselines (filters across slices) see the neighbours of the block, as the networks do
-    halo = int(getattr(segmenter, "context_slices", 0))
+    halo = int(getattr(segmenter, "halo", 0) or 0)
     z0, z1 = max(0, z.start - halo), min(images.shape[1], z.stop + halo)
     prediction = segmenter.predict(images[:, z0:z1])[z.start - z0 : z.stop - z0]
     truth = _labels(reference, z)

@@ -8,6 +8,16 @@ same slices and in the same table as the networks (``python evaluate.py method=k
 
 from fibml.baselines.clustering import KMeansSegmenter, kmeans_segmentation
 from fibml.baselines.common import UNLABELLED, sparse_labels
+from fibml.baselines.forest import RandomForestSegmenter, filter_features
 from fibml.baselines.thresholds import MultiThreshold, OtsuThreshold
 
-__all__ = ["UNLABELLED", "KMeansSegmenter", "MultiThreshold", "OtsuThreshold", "kmeans_segmentation", "sparse_labels"]
+__all__ = [
+    "UNLABELLED",
+    "KMeansSegmenter",
+    "MultiThreshold",
+    "OtsuThreshold",
+    "RandomForestSegmenter",
+    "filter_features",
+    "kmeans_segmentation",
+    "sparse_labels",
+]

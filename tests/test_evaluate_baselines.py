@@ -1,0 +1,81 @@
+"""python evaluate.py method=...: classical baselines in the same table as the networks."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fibml.io import read_dataset, read_stack
+from fibml.metrics.confusion import segmentation_scores
+from fibml.workflows import evaluate
+from tests.conftest import compose_config
+
+
+def test_kmeans_alone_on_a_dataset_one_row_per_voltage(tiny_dataset, tmp_path):
+    cfg = compose_config("evaluate", ["method=kmeans", f"data_dir={tiny_dataset}"], tmp_path)
+    rows = evaluate(cfg)
+    assert [r["method"] for r in rows] == ["k-means (k=3), 1 kV", "k-means (k=3), 2 kV", "k-means (k=3), 4 kV"]
+    # the row is the score of what k-means gives on the test block: recompute it from the saved prediction
+    out = Path(cfg.paths.output_dir)
+    prediction, _ = read_stack(out / "k-means_k_3_1_kV" / "prediction.tif")
+    labels = read_dataset(tiny_dataset).labels
+    z0, z1 = (int(v) for v in rows[0]["split"].split("z ")[1].rstrip(")").split("-"))
+    scores = segmentation_scores(prediction, labels[z0 : z1 + 1])
+    assert rows[0]["MP %"] == pytest.approx(scores["mp"]) and rows[0]["awe %"] == pytest.approx(scores["awe"])
+    assert rows[0]["IoU solid"] == pytest.approx(scores["iou"][1])
+    assert rows[2]["MP %"] > rows[0]["MP %"]  # shine-through grows with voltage (Table 3)
+    for name in ("metrics.md", "comparison.md", "comparison.png", "tpcf.png", "slices.png"):
+        assert (out / name).is_file(), name
+
+
+def test_fitted_baselines_learn_only_from_the_training_block(tiny_dataset, tmp_path):
+    cfg = compose_config("evaluate", [
+        "method=[double_threshold,random_forest]", f"data_dir={tiny_dataset}", "method.double_threshold.inputs=[[1]]",
+        "method.random_forest.inputs=[all]", "method.random_forest.segmenter.n_estimators=8",
+        "baseline_training.n_slices=2", "baseline_training.pixels_per_class=300",
+    ], tmp_path)
+    rows = {r["method"]: r for r in evaluate(cfg)}
+    assert set(rows) == {"double threshold, 1 kV", "random forest, 1+2+4 kV"}
+    assert rows["double threshold, 1 kV"]["rule"].count("|") == 4  # phase | t1 | phase | t2 | phase
+    forest = rows["random forest, 1+2+4 kV"]
+    assert forest["MDS"] > 0.8 and forest["MP %"] < rows["double threshold, 1 kV"]["MP %"]
+    out = Path(cfg.paths.output_dir) / "random_forest_1+2+4_kV"
+    table = (out / "feature_importances.md").read_text()
+    assert "edge" in table and "smoothing" in table
+    assert (out / "feature_importances_per_class.md").is_file()
+
+
+def test_learning_baselines_refuse_split_all_without_other_training_data(tiny_dataset, tmp_path):
+    cfg = compose_config("evaluate", ["method=triple_threshold", f"data_dir={tiny_dataset}", "split=all",
+                                      "method.triple_threshold.inputs=[[2]]"], tmp_path)
+    with pytest.raises(ValueError, match="baseline_training.data_dir"):
+        evaluate(cfg)
+    # with a labelled training dataset named, it runs (here the same volume: a user's choice)
+    cfg = compose_config("evaluate", ["method=triple_threshold", f"data_dir={tiny_dataset}", "split=all",
+                                      "method.triple_threshold.inputs=[[2]]", f"baseline_training.data_dir={tiny_dataset}"],
+                         tmp_path / "b")
+    row = evaluate(cfg)
+    assert row["method"] == "triple threshold, 2 kV" and row["split"] == "all (z 0-39)"
+    assert (Path(cfg.paths.output_dir) / "prediction.tif").is_file()
+
+
+def test_evaluate_names_what_is_missing(tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="nothing to evaluate.*kmeans"):
+        evaluate(compose_config("evaluate", [], tmp_path))
+    cfg = compose_config("evaluate", ["method=kmeans", f"data_dir={tiny_dataset}", "method.kmeans.inputs=[[3]]"], tmp_path)
+    with pytest.raises(ValueError, match=r"names 3kV, which .* does not hold \(found: 1kV, 2kV, 4kV\)"):
+        evaluate(cfg)
+
+
+def test_scores_of_three_phases_carry_iou_per_phase_and_awe():
+    from fibml.workflows import _score_row
+
+    truth = np.zeros((4, 8, 8), np.uint8)
+    truth[:, :4] = 1
+    truth[:, 6:] = 2
+    prediction = truth.copy()
+    prediction[:, 6:] = 0  # phase 2 missed entirely
+    row = _score_row("m", "test", range(0, 4), prediction, truth, 3, (1, 1, 1), phases=["pore", "active", "binder"])
+    assert row["IoU binder"] == 0.0 and row["IoU active"] == 1.0
+    # IoU pore = 16 / 32 = 0.5; fractions 1/4, 1/2, 1/4 -> awe = 100 (1 - (0.5/4 + 1/2 + 0)) = 37.5
+    assert row["awe %"] == pytest.approx(37.5) and row["IoU pore"] == pytest.approx(0.5)
