@@ -13,7 +13,6 @@ fibml's convention (0 = pore, 1 = solid, more phases allowed).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -97,8 +96,8 @@ class MultiThreshold:
     [void, carbon, NMC, void].
     Fitted (thresholds None): ``fit(images, labels)`` trains a decision tree on the labelled
     voxels' intensity with the entropy criterion (the paper's "information entropy per class")
-    and at most n_thresholds + 1 leaves: n_thresholds = 2 is the double threshold, 3 (a depth-2
-    tree) the triple one. The tree's split values are the thresholds and each interval takes
+    and at most n_thresholds + 1 leaves, grown best-first: n_thresholds = 2 is the double
+    threshold, 3 the triple one (the paper's depth-2 tree has as many leaves). The tree's split values are the thresholds and each interval takes
     the tree's class, so an interval may map to any phase (void again above the solid).
     """
 
@@ -148,9 +147,11 @@ class MultiThreshold:
             keep = np.sort(np.random.default_rng(self.seed).choice(len(z), self.max_training_samples, replace=False))
             z, y, x = z[keep], y[keep], x[keep]
         values = stack[z, y, x].astype(np.float32)[:, None]
+        # n_thresholds + 1 leaves grown best-first: the paper's depth-2 tree has the same 4 leaves
+        # for 3 thresholds, but grown level by level it can spend its first split between void and
+        # carbon and then has no leaf left for the bright void above the solid
         tree = DecisionTreeClassifier(
-            criterion="entropy", max_leaf_nodes=self.n_thresholds + 1,
-            max_depth=math.ceil(math.log2(self.n_thresholds + 1)), random_state=self.seed,
+            criterion="entropy", max_leaf_nodes=self.n_thresholds + 1, random_state=self.seed,
         ).fit(values, labels[z, y, x])
         splits = np.unique(tree.tree_.threshold[tree.tree_.feature >= 0])
         if len(splits) == 0:

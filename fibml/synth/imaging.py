@@ -77,21 +77,18 @@ def render_bse(
     sigma_step = (sigma_step_nm / dy, sigma_step_nm / dx)
     blur_mode = "wrap" if boundary == "periodic" else "reflect"
     # slices below the volume until the most transparent material lets < 0.1 % through
-    n_z = labels.shape[0]
     n_below = int(np.ceil(np.log(1e3) * depth.max() / dz))
-    below = np.arange(n_z, n_z + n_below)
-    source = np.mod(below, n_z) if boundary == "periodic" else _reflect_index(below, n_z)
-
-    image = np.empty(labels.shape, dtype=np.float32)
-    signal = np.full(labels.shape[1:], float((eta[labels]).mean()), dtype=np.float32)
-    steps = list(zip(source[::-1], [None] * n_below)) + [(z, z) for z in range(n_z - 1, -1, -1)]
-    for src, out in tqdm(steps, desc=f"BSE {voltage_kV:g} kV", disable=not progress, leave=False):
-        phase = labels[src]
-        if max(sigma_step) > 0.05:
-            signal = ndi.gaussian_filter(signal, sigma_step, mode=blur_mode)
-        signal = emit[phase] + (1.0 - absorb[phase]) * signal
-        if out is not None:
-            image[out] = signal
+    image = _emission_absorption_sweep(
+        labels,
+        emit,
+        1.0 - absorb,
+        sigma_step,
+        boundary,
+        n_below,
+        initial=float((eta[labels]).mean()),
+        progress=progress,
+        desc=f"BSE {voltage_kV:g} kV",
+    )
 
     if probe_sigma_nm > 0:
         image = ndi.gaussian_filter(image, (0, probe_sigma_nm / dy, probe_sigma_nm / dx), mode=blur_mode)
@@ -121,6 +118,42 @@ def shine_through_profile(
     return matrix.backscatter_coefficient(voltage_kV) * (1 - transmitted) + (
         substrate.backscatter_coefficient(voltage_kV) * transmitted
     )
+
+
+def _emission_absorption_sweep(
+    labels: np.ndarray,
+    emit: np.ndarray,
+    transmit: np.ndarray,
+    sigma_step: tuple[float, float],
+    boundary: str,
+    n_below: int,
+    initial: float,
+    progress: bool = False,
+    desc: str = "",
+) -> np.ndarray:
+    """Signal at every milled face of `labels` (z, y, x) by one sweep from the bottom up, float32.
+
+    S_z = emit[phase_z] + transmit[phase_z] * blur(S_{z+1}): each slice adds its own emission and
+    passes on a fraction of the (laterally blurred, sigma_step in pixels (y, x)) signal from below.
+    The sweep starts n_below slices under the volume (periodic or mirrored copies, as `boundary`
+    says) from a uniform signal `initial`. Shared by the BSE and the secondary-electron detectors.
+    """
+    blur_mode = "wrap" if boundary == "periodic" else "reflect"
+    n_z = labels.shape[0]
+    below = np.arange(n_z, n_z + n_below)
+    source = np.mod(below, n_z) if boundary == "periodic" else _reflect_index(below, n_z)
+
+    image = np.empty(labels.shape, dtype=np.float32)
+    signal = np.full(labels.shape[1:], initial, dtype=np.float32)
+    steps = list(zip(source[::-1], [None] * n_below)) + [(z, z) for z in range(n_z - 1, -1, -1)]
+    for src, out in tqdm(steps, desc=desc, disable=not progress, leave=False):
+        phase = labels[src]
+        if max(sigma_step) > 0.05:
+            signal = ndi.gaussian_filter(signal, sigma_step, mode=blur_mode)
+        signal = emit[phase] + transmit[phase] * signal
+        if out is not None:
+            image[out] = signal
+    return image
 
 
 def _reflect_index(index: np.ndarray, n: int) -> np.ndarray:
