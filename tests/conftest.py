@@ -51,6 +51,22 @@ def tiny_dataset(tmp_path_factory) -> Path:
     )
 
 
+# a 32 x 48 x 48 three-phase electrode (10 nm voxels) with small particles, imaged by two detectors
+TINY_ELECTRODE = {
+    "function": "fibml.synth.electrode.electrode_structure", "particle_radius_nm": [90, 150],
+    "internal_wavelength_nm": 60, "binder_wavelength_nm": 40, "binder_reach_nm": 50, "roughness_wavelength_nm": 150,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_electrode(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data") / "electrode"
+    return generate_dataset(
+        folder, shape=(32, 48, 48), voxel_size_nm=10.0, voltages=[1], structure=TINY_ELECTRODE, imaging={},
+        seed=0, progress=False, detectors=["se2", "inlens"], phases=["pore", "active material", "carbon binder"],
+    )
+
+
 def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """The real config `name` with overrides, its paths pointed into output_dir."""
     GlobalHydra.instance().clear()

@@ -74,8 +74,9 @@ def test_train_evaluate_predict(tiny_dataset, tmp_path):
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_runs_a_step(experiment, tiny_dataset, tmp_path):
-    overrides = [f"experiment={experiment}", "debug=fdr", f"data.data_dir={tiny_dataset}"] + small_net(FAST_TRAIN, experiment)
+def test_every_experiment_runs_a_step(experiment, request, tmp_path):
+    dataset = request.getfixturevalue("tiny_electrode" if experiment == "three_phase" else "tiny_dataset")
+    overrides = [f"experiment={experiment}", "debug=fdr", f"data.data_dir={dataset}"] + small_net(FAST_TRAIN, experiment)
     if "3d" in experiment:
         overrides += ["data.patch_size=[4,32,32]", "data.stride=[4,16,16]", "data.batch_size=2"]
     cfg = compose_config("train", overrides, tmp_path)
