@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 
 from fibml.io import atomic_path  # noqa: E402
 
-__all__ = ["markdown_table", "save_comparison", "save_sections", "save_tpcf", "write_table"]
+__all__ = ["markdown_table", "save_comparison", "save_importances", "save_sections", "save_tpcf", "write_table"]
 
 
 def write_table(rows: Sequence[Mapping], stem: str | Path) -> str:
@@ -148,6 +148,29 @@ def save_tpcf(path: str | Path, curves: Mapping[str, Mapping], columns: int = 4)
         ax.tick_params(labelsize=7)
     axes[0, 0].set_ylabel("S2 of the solid", fontsize=8)
     axes[0, 0].legend(fontsize=7)
+    return _save_figure(fig, path)
+
+
+def save_importances(path: str | Path, rows: Sequence[Mapping], phases: Sequence[str] | None = None,
+                     title: str = "") -> Path:
+    """PNG of a classifier's feature importance per filter group and phase, as Fig. 3 of
+    random-forest-multi-detector.txt: ``rows`` as RandomForestSegmenter.class_importances gives
+    them ({"class", "group", "importance"}: the drop of that phase's recall when the group's
+    features are permuted); one group of bars per filter group, one bar per phase."""
+    classes = list(dict.fromkeys(int(r["class"]) for r in rows))
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    value = {(int(r["class"]), r["group"]): float(r["importance"]) for r in rows}
+    names = [phases[c] if phases is not None and c < len(phases) else f"phase {c}" for c in classes]
+    width = 0.8 / max(1, len(classes))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(groups), 3.2))
+    for i, (c, name) in enumerate(zip(classes, names)):
+        x = np.arange(len(groups)) + (i - (len(classes) - 1) / 2) * width
+        ax.bar(x, [value.get((c, g), 0.0) for g in groups], width, label=name)
+    ax.set_xticks(np.arange(len(groups)), groups)
+    ax.set_ylabel("recall drop when permuted", fontsize=8)
+    ax.axhline(0, color="k", linewidth=0.5)
+    ax.legend(fontsize=7)
+    ax.set_title(title or "feature importance per filter group", fontsize=9)
     return _save_figure(fig, path)
 
 

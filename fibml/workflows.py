@@ -25,7 +25,13 @@ from fibml.data.transforms import normalize_channels
 from fibml.inference import predict_volume, resolve_device
 from fibml.io import LABELS, read_dataset, read_stack, write_json, write_stack
 from fibml.metrics.confusion import segmentation_scores
-from fibml.report import save_comparison, save_sections, save_tpcf, write_table
+from fibml.report import (
+    save_comparison,
+    save_importances,
+    save_sections,
+    save_tpcf,
+    write_table,
+)
 
 __all__ = [
     "build_model", "evaluate", "evaluate_model", "load_model", "predict", "resolve_checkpoint", "train",
@@ -220,7 +226,8 @@ def _evaluate_baseline(job: Mapping, reference, split: str, training: Mapping, o
     if segmenter.needs_labels:
         train_images, train_labels = _baseline_training_data(job, reference, split, training)
         segmenter.fit(train_images, train_labels)
-        extra = _baseline_report(segmenter, train_images, train_labels, out_dir)
+        extra = _baseline_report(segmenter, train_images, train_labels, out_dir, job["name"],
+                                 _phase_names(reference, n_phases))
     # local baselines (filters across slices) see the neighbours of the block, as the networks do
     halo = int(getattr(segmenter, "halo", 0) or 0)
     z0, z1 = max(0, z.start - halo), min(images.shape[1], z.stop + halo)
@@ -273,7 +280,7 @@ def _baseline_training_data(job: Mapping, reference, split: str, training: Mappi
     return dataset.stack(job["channels"]), sparse
 
 
-def _baseline_report(segmenter, images, labels, out_dir: Path) -> dict:
+def _baseline_report(segmenter, images, labels, out_dir: Path, name: str, phases: list[str]) -> dict:
     """What a fitted baseline can tell about itself: the thresholds it found (a column of its
     row), the random forest's feature importances per filter group (tables, Fig. 3)."""
     extra = {}
@@ -284,7 +291,9 @@ def _baseline_report(segmenter, images, labels, out_dir: Path) -> dict:
         write_table(segmenter.feature_importances(by=("group",)), out_dir / "feature_importances")
         write_table(segmenter.feature_importances(by=("group", "channel")), out_dir / "feature_importances_per_channel")
         if hasattr(segmenter, "class_importances"):
-            write_table(segmenter.class_importances(images, labels), out_dir / "feature_importances_per_class")
+            per_class = segmenter.class_importances(images, labels)
+            write_table(per_class, out_dir / "feature_importances_per_class")
+            save_importances(out_dir / "feature_importances.png", per_class, phases, title=f"{name}: importance per filter group")
     return extra
 
 

@@ -42,7 +42,7 @@ def test_fitted_baselines_learn_only_from_the_training_block(tiny_dataset, tmp_p
     out = Path(cfg.paths.output_dir) / "random_forest_1+2+4_kV"
     table = (out / "feature_importances.md").read_text()
     assert "edge" in table and "smoothing" in table
-    assert (out / "feature_importances_per_class.md").is_file()
+    assert (out / "feature_importances_per_class.md").is_file() and (out / "feature_importances.png").is_file()
 
 
 def test_learning_baselines_refuse_split_all_without_other_training_data(tiny_dataset, tmp_path):
