@@ -38,7 +38,8 @@ def test_experiment_composes_and_instantiates(experiment, tmp_path):
     spatial, slices = EXPECTED_INPUT[cfg.data.dims]
     assert cfg.data.dims == ("3d" if experiment.endswith("_3d") else "2.5d" if experiment.endswith("_25d") else "2d")
     voltages = len(cfg.data.voltages)
-    assert voltages == (1 if experiment.startswith("single") else 3)
+    assert voltages == (1 if experiment.startswith("single") else 2 if experiment == "three_phase" else 3)
+    assert cfg.model.n_classes == (3 if experiment == "three_phase" else 2)
     convs = _first_convs(model.net)
     assert all(conv.in_channels * len(convs) == voltages * slices for conv in convs)
     assert all(isinstance(conv, (torch.nn.Conv2d, torch.nn.Conv3d)[spatial - 2]) for conv in convs)
