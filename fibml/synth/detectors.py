@@ -55,7 +55,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from fibml.synth.imaging import _emission_absorption_sweep
+from fibml.synth.imaging import _detector_response, _emission_absorption_sweep
 
 __all__ = ["DETECTORS", "render_detector"]
 
@@ -167,14 +167,7 @@ def render_detector(
         image += _edge_signal(labels, emission, edge_gains, (dy, dx), edge_width_nm, boundary)
 
     blur_mode = "wrap" if boundary == "periodic" else "reflect"
-    if probe_sigma_nm > 0:
-        image = ndi.gaussian_filter(image, (0, probe_sigma_nm / dy, probe_sigma_nm / dx), mode=blur_mode)
-    rng = np.random.default_rng(seed)
-    if electrons_per_pixel is not None:
-        image = rng.poisson(np.clip(image, 0, None) * electrons_per_pixel) / electrons_per_pixel
-    if read_noise > 0:
-        image = image + rng.normal(0.0, read_noise, size=image.shape)
-    return image.astype(np.float32, copy=False)
+    return _detector_response(image, probe_sigma_nm, (dy, dx), blur_mode, electrons_per_pixel, read_noise, seed)
 
 
 def _edge_signal(

@@ -90,6 +90,13 @@ def render_bse(
         desc=f"BSE {voltage_kV:g} kV",
     )
 
+    return _detector_response(image, probe_sigma_nm, (dy, dx), blur_mode, electrons_per_pixel, read_noise, seed)
+
+
+def _detector_response(image, probe_sigma_nm, pixel_nm, blur_mode, electrons_per_pixel, read_noise, seed) -> np.ndarray:
+    """What every detector adds to the noiseless signal: the Gaussian probe blur (in-plane),
+    Poisson shot noise of electrons_per_pixel (None = none) and Gaussian read noise; float32."""
+    dy, dx = pixel_nm
     if probe_sigma_nm > 0:
         image = ndi.gaussian_filter(image, (0, probe_sigma_nm / dy, probe_sigma_nm / dx), mode=blur_mode)
     rng = np.random.default_rng(seed)
