@@ -15,6 +15,7 @@ renamed into place, so an interrupted run leaves nothing half-written.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -39,14 +40,17 @@ __all__ = [
     "channel_label",
     "read_dataset",
     "read_stack",
+    "read_thickness_csv",
     "stack_name",
     "write_dataset",
     "write_json",
     "write_stack",
+    "write_thickness_csv",
 ]
 
 LABELS = "labels.tif"
 MANIFEST = "manifest.json"
+THICKNESS = "thickness.csv"  # slice thicknesses (nm), one row per slice
 _STACK_RE = re.compile(r"^([a-z][a-z0-9]*)_(\d+(?:\.\d+)?)kV\.tif$", re.IGNORECASE)
 
 
@@ -193,8 +197,15 @@ def write_dataset(
     labels: np.ndarray | None = None,
     manifest: Mapping | None = None,
     overwrite: bool = False,
+    thickness_nm: Sequence[float] | None = None,
+    extra_stacks: Mapping[str, tuple[np.ndarray, Sequence[float] | float]] | None = None,
 ) -> Path:
-    """Write a dataset folder atomically (built beside it, then renamed into place)."""
+    """Write a dataset folder atomically (built beside it, then renamed into place).
+
+    thickness_nm: the slices' true thicknesses, written as thickness.csv (one row per slice).
+    extra_stacks: further TIFFs, {file name: (array, voxel size nm)}, e.g. the isotropic
+        ground truth of a stack with varying slice thickness.
+    """
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} exists: choose another output folder or set overwrite=true")
@@ -214,6 +225,12 @@ def write_dataset(
             write_stack(tmp / stack_name(v), np.asarray(stack, dtype=np.float32), voxel)
         if labels is not None:
             write_stack(tmp / LABELS, np.asarray(labels).astype(np.uint8), voxel)
+        if thickness_nm is not None:
+            from fibml.synth.thickness import check_thicknesses  # here: fibml.synth imports fibml.io
+
+            write_thickness_csv(tmp / THICKNESS, check_thicknesses(thickness_nm, n_slices=reference[0], where=THICKNESS))
+        for name, (array, extra_voxel) in (extra_stacks or {}).items():
+            write_stack(tmp / name, array, extra_voxel)
         content = {
             "fibml_version": fibml.__version__,
             **dict(manifest or {}),
@@ -221,7 +238,7 @@ def write_dataset(
             "shape": list(reference),
             "voltages_kV": sorted({_voltage_of(v) for v in images}),
             "channels": [channel_label(v) for v in _sorted_channels(images)],
-            "files": sorted(shapes),
+            "files": sorted([*shapes, *(extra_stacks or {})] + ([THICKNESS] if thickness_nm is not None else [])),
         }
         write_json(tmp / MANIFEST, content)
         if folder.exists():
@@ -231,6 +248,81 @@ def write_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def write_thickness_csv(
+    path: str | Path,
+    thicknesses_nm: Sequence[float],
+    extra_columns: Mapping[str, Sequence] | None = None,
+) -> Path:
+    """Write slice thicknesses (nm) as a CSV with header `slice,thickness_nm[,extra...]`, one
+    row per slice (slice = 0, 1, ...), atomically. extra_columns: more per-slice columns (e.g.
+    z_nm), each as long as thicknesses_nm."""
+    # imported here: fibml.synth imports fibml.io
+    from fibml.synth.thickness import check_thicknesses
+
+    path = Path(path)
+    t = check_thicknesses(thicknesses_nm, where=str(path))
+    extra = {str(k): list(v) for k, v in dict(extra_columns or {}).items()}
+    for name, values in extra.items():
+        if name in ("slice", "thickness_nm"):
+            raise ValueError(f"{path}: extra column {name!r} would replace a standard column")
+        if len(values) != len(t):
+            raise ValueError(f"{path}: extra column {name!r} has {len(values)} values, there are {len(t)} slices")
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["slice", "thickness_nm", *extra])
+        for i, ti in enumerate(t):
+            writer.writerow([i, repr(float(ti)), *(_csv_value(v[i]) for v in extra.values())])
+    return path
+
+
+def read_thickness_csv(path: str | Path, n_slices: int | None = None) -> np.ndarray:
+    """Slice thicknesses (nm, float64 (n,)) from the `thickness_nm` column of a thickness.csv.
+
+    Checks, naming the file: the file exists and has a thickness_nm column; every value is a
+    number (else the row), finite and positive (else the slice); a `slice` column, if present,
+    counts 0, 1, 2, ...; there are n_slices rows when n_slices is given.
+    """
+    # imported here: fibml.synth imports fibml.io
+    from fibml.synth.thickness import check_thicknesses
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such thickness file (expected a CSV with a thickness_nm column)")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        if "thickness_nm" not in columns:
+            found = ", ".join(columns) or "an empty file"
+            raise ValueError(f"{path}: no 'thickness_nm' column (found: {found})")
+        reader.fieldnames = columns
+        values = []
+        for row_index, row in enumerate(reader):
+            raw = row["thickness_nm"]
+            try:
+                values.append(float(raw))
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{path}, row {row_index} (line {reader.line_num}): thickness_nm {raw!r} is not a number"
+                ) from None
+            if "slice" in row and str(row["slice"]).strip() != str(row_index):
+                raise ValueError(
+                    f"{path}, row {row_index} (line {reader.line_num}): slice {row['slice']!r}, expected "
+                    f"{row_index} (rows must list slices 0, 1, 2, ... in order)"
+                )
+    if not values:
+        raise ValueError(f"{path}: lists no slices (a header and no rows)")
+    return check_thicknesses(values, n_slices, where=str(path))
+
+
+def _csv_value(value) -> str:
+    """A CSV cell: floats in full precision (repr round-trips), everything else as str."""
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    if isinstance(value, np.generic):
+        return str(value.item())
+    return str(value)
 
 
 def available_channels(folder: str | Path) -> list[Channel]:

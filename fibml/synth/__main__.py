@@ -19,6 +19,7 @@ def main(cfg: DictConfig) -> None:
     folder = generate_dataset(
         cfg.out, cfg.shape, cfg.voxel_size_nm, cfg.voltages, cfg.structure, cfg.imaging,
         seed=cfg.seed, overwrite=cfg.overwrite, detectors=cfg.get("detectors"), phases=cfg.get("phases"),
+        thickness=cfg.get("thickness"),
     )
     print(f"wrote {folder}")
 

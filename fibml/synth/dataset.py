@@ -34,6 +34,7 @@ def generate_dataset(
     progress: bool = True,
     detectors: Sequence[str] | None = None,
     phases: Sequence[str] | None = None,
+    thickness: Mapping | None = None,
 ) -> Path:
     """Generate a structure, render its image stacks and write the dataset folder `out`.
 
@@ -48,6 +49,12 @@ def generate_dataset(
         [se2, inlens]) = one stack <detector>_<V>kV.tif per detector and voltage (the
         two-detector data of random-forest-multi-detector.txt).
     phases: names of the label values (0, 1, ...) for tables, stored in the manifest.
+    thickness: None = every slice one voxel thick. A mapping {target_nm, shape, bin_nm, seed}
+        (keyword arguments of fibml.synth.thickness.sample_thicknesses; bin_nm defaults to the
+        voxel size along z) writes the "mimicking" dataset of slice-thickness-repositioning-
+        inpainting.txt instead: milled slices of gamma-distributed thickness, each showing the
+        structure (and the image) at its true depth, stored as if target_nm apart, with their
+        true thicknesses in thickness.csv and the isotropic ground truth in labels_isotropic.tif.
     """
     if not voltages:
         raise ValueError("voltages is empty: give at least one beam voltage in kV")
@@ -78,6 +85,10 @@ def generate_dataset(
                                                                   params["imaging"], params["detectors"])
         bar.update()
     bar.close()
+    extra = {}
+    if thickness:
+        labels, images, extra = _mimic(labels, images, voxel_size_nm, dict(thickness), seed)
+        params["thickness"] = extra["manifest"]
     manifest = {
         "generator": "fibml.synth",
         "generator_version": GENERATOR_VERSION,
@@ -93,7 +104,42 @@ def generate_dataset(
         if len(phases) < int(labels.max()) + 1:
             raise ValueError(f"phases names {len(phases)} phases {list(phases)}, the structure has labels 0..{labels.max()}")
         manifest["phases"] = [str(p) for p in phases]
+    if thickness:
+        manifest["periodic"] = False  # the mimicked stack does not wrap around in z
+        manifest["isotropic_voxel_size_nm"] = list(np.broadcast_to(np.asarray(voxel_size_nm, dtype=float), (3,)))
+        return write_dataset(out, images, extra["voxel_size_nm"], labels=labels, manifest=manifest, overwrite=overwrite,
+                             thickness_nm=extra["thickness_nm"], extra_stacks=extra["stacks"])
     return write_dataset(out, images, voxel_size_nm, labels=labels, manifest=manifest, overwrite=overwrite)
+
+
+ISOTROPIC_LABELS = "labels_isotropic.tif"
+
+
+def _mimic(labels, images: dict, voxel_size_nm, thickness: dict, seed: int):
+    """The mimicking stack: as many gamma-thick slices as fit in the volume, each the labels and
+    images of the face at its true depth; the isotropic ground truth over the same depth."""
+    from fibml.reconstruct.repositioning import slice_positions
+    from fibml.synth.thickness import mimic_stack, sample_thicknesses, slices_that_fit
+
+    dz, dy, dx = (float(v) for v in np.broadcast_to(np.asarray(voxel_size_nm, dtype=float), (3,)))
+    options = {"target_nm": 10.0, "shape": 4.0, "bin_nm": dz, "seed": seed} | {
+        k: v for k, v in thickness.items() if v is not None
+    }
+    if abs(options["bin_nm"] - dz) > 1e-9:
+        raise ValueError(f"thickness.bin_nm ({options['bin_nm']}) must equal the voxel size along z ({dz} nm)")
+    drawn = sample_thicknesses(labels.shape[0], **options)  # each slice >= 1 voxel: never more are needed
+    n = slices_that_fit(drawn, labels.shape[0], dz)
+    if n < 2:
+        raise ValueError(f"a {labels.shape[0]}-voxel deep volume holds fewer than 2 slices of ~{options['target_nm']} nm")
+    t = drawn[:n]
+    mimicked, z_index = mimic_stack(labels, t, dz)
+    depth = slice_positions(t, dz)[1]
+    return mimicked, {k: v[z_index] for k, v in images.items()}, {
+        "voxel_size_nm": (options["target_nm"], dy, dx),
+        "thickness_nm": t,
+        "stacks": {ISOTROPIC_LABELS: (labels[:depth], (dz, dy, dx))},
+        "manifest": options | {"n_slices": n, "mean_nm": float(t.mean()), "std_nm": float(t.std())},
+    }
 
 
 def cached_dataset(cache_dir: str | Path, generator: Mapping, progress: bool = True) -> Path:
