@@ -69,7 +69,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         finally:
             _finish_loggers(loggers)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    weights = voltage_weights(model, cfg.data.voltages)
+    weights = voltage_weights(model, cfg.data.get("voltages"))
     if weights and trainer.is_global_zero:
         metrics.update({f"ensemble/weight_{v}": w for v, w in weights.items()})
         write_json(Path(cfg.paths.output_dir) / "voltage_weights.json", weights)

@@ -6,14 +6,18 @@ from hydra.utils import instantiate
 
 from fibml.config import CONFIG_DIR
 from fibml.data.datamodules import FIBSEMDataModule
+from fibml.data.inpainting import InpaintingDataModule
 from fibml.nets.unet import ResidualUNet
 from fibml.tasks.fusion import LateFusionTask
+from fibml.tasks.inpainting import InpaintingTask
 from fibml.tasks.segmentation import SegmentationTask
 from fibml.workflows import build_model
 from tests.conftest import compose_config
 
 # files starting with "_" are fragments the experiments include (e.g. the 3D data settings)
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("[!_]*.yaml"))
+INPAINTING = ["inpainting"]  # planes of label volumes, not image slices: checked on their own below
+SEGMENTATION = [e for e in EXPERIMENTS if e not in INPAINTING]
 EXPECTED_INPUT = {"2d": (2, 1), "2.5d": (2, 7), "3d": (3, 1)}  # spatial dims, slices per voltage
 
 
@@ -29,7 +33,7 @@ def _first_convs(net) -> list:
     return [conv for branch in net.branches for conv in _first_convs(branch)]
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", SEGMENTATION)
 def test_experiment_composes_and_instantiates(experiment, tmp_path):
     cfg = compose_config("train", [f"experiment={experiment}"], tmp_path)
     datamodule = instantiate(cfg.data)
@@ -47,6 +51,22 @@ def test_experiment_composes_and_instantiates(experiment, tmp_path):
     assert isinstance(model, LateFusionTask) == experiment.startswith("late_fusion")
     assert cfg.trainer.max_epochs == 100 and cfg.callbacks.early_stopping.patience == 25
     assert cfg.model.optimizer.lr == 1e-4 and cfg.data.batch_size == (16 if spatial == 3 else 64)
+
+
+@pytest.mark.parametrize("experiment", INPAINTING)
+def test_inpainting_experiment_composes_and_instantiates(experiment, tmp_path):
+    cfg = compose_config("train", [f"experiment={experiment}"], tmp_path)
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg.model)
+    assert isinstance(datamodule, InpaintingDataModule) and isinstance(model, InpaintingTask)
+    conv = _first_convs(model.net)[0]
+    assert isinstance(conv, torch.nn.Conv2d) and conv.in_channels == 2  # the masked plane and the known-row mask
+    assert model.net.head.out_channels == 2 and model.net.features == (16, 32, 64, 128)
+    assert datamodule.patch == (64, 64) and datamodule.thickness == {"target_nm": 10.0, "shape": 4.0, "bin_nm": 2.5}
+    assert cfg.data.generator == compose_config("train", [], tmp_path).data.generator  # the shared embedded default
+    assert cfg.evaluate is False  # train.py's slice-by-slice test evaluation is for segmentation models
+    assert cfg.trainer.max_epochs == 100 and cfg.callbacks.early_stopping.patience == 25
+    assert cfg.model.optimizer.lr == 1e-4 and cfg.data.batch_size == 64
 
 
 def test_late_fusion_branch_stage_follows_the_epochs(tmp_path):
