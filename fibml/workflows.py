@@ -527,6 +527,10 @@ def predict(cfg: DictConfig) -> Path:
     segmentation = probabilities.argmax(0).astype(np.uint8)
 
     out = Path(cfg.output)
+    reconstruction = _reconstruct(cfg.get("reconstruct") or {}, segmentation, stacks[0], voxel, source, cfg.inference)
+    if reconstruction is not None:
+        segmentation = segmentation[:, reconstruction["band_rows"] :]  # the ruler band is not sample
+        write_stack(out / "reconstruction.tif", reconstruction["volume"], reconstruction["voxel_size_nm"])
     write_stack(out / "segmentation.tif", segmentation, voxel)
     if cfg.get("save_probabilities", False):
         for c in range(probabilities.shape[0]):
@@ -541,10 +545,62 @@ def predict(cfg: DictConfig) -> Path:
             "shape": list(segmentation.shape),
             "class_fractions": np.bincount(segmentation.ravel(), minlength=probabilities.shape[0]).astype(float)
             / segmentation.size,
-        },
+        } | ({} if reconstruction is None else {"reconstruction": reconstruction["info"]}),
     )
     print(f"wrote {out / 'segmentation.tif'} ({segmentation.shape[0]} slices, solid fraction {(segmentation == 1).mean():.4f})")
     return out
+
+
+def _reconstruct(settings: Mapping, segmentation: np.ndarray, raw: np.ndarray, voxel, source: Path,
+                 inference: Mapping) -> dict | None:
+    """Slices of varying thickness -> isotropic volume (predict.py reconstruct.*): thicknesses
+    from the input's thickness.csv, a CSV or ruler marks, repositioning, interpolation."""
+    if not settings.get("enabled", False):
+        return None
+    from fibml.reconstruct.pipeline import reconstruct_stack, thicknesses_from
+
+    if voxel is None:
+        raise ValueError(f"{source} carries no voxel size: give voxel_size_nm=[z,y,x] to reconstruct in nm")
+    pixel_nm = float(voxel[2])
+    grid_nm = float(settings.get("grid_nm") or pixel_nm)
+    ruler = dict(settings.get("ruler") or {})
+    band_rows = int(ruler.pop("band_rows", 0)) if settings.get("thickness") == "ruler" else 0
+    thicknesses, info = thicknesses_from(
+        settings.get("thickness", "csv"), segmentation.shape[0], folder=source if source.is_dir() else None,
+        band=raw[:, :band_rows] if band_rows else None, pixel_nm=pixel_nm, ruler=ruler,
+    )
+    inpainter = None
+    if settings.get("method") == "ml":
+        inpainter = _inpainter(settings.get("inpainting_ckpt"), inference)
+    volume = reconstruct_stack(
+        segmentation[:, band_rows:], thicknesses, method=settings.get("method", "spline"),
+        repositioning=settings.get("repositioning", "accurate"), grid_nm=grid_nm,
+        target_nm=float(settings.get("target_nm", 10.0)), inpainter=inpainter,
+    )
+    info |= {"method": settings.get("method"), "repositioning": settings.get("repositioning"), "grid_nm": grid_nm,
+             "slices": int(segmentation.shape[0]), "grid_rows": int(volume.shape[0]),
+             "mean_thickness_nm": float(np.mean(thicknesses))}
+    print(f"reconstructed {segmentation.shape[0]} slices onto {volume.shape[0]} rows of {grid_nm:g} nm "
+          f"({settings.get('repositioning')} repositioning, {settings.get('method')})")
+    return {"volume": volume, "voxel_size_nm": (grid_nm, float(voxel[1]), float(voxel[2])), "band_rows": band_rows,
+            "info": info}
+
+
+def _inpainter(checkpoint, inference: Mapping):
+    """inpaint_volume with the trained inpainting net of a run of experiment=inpainting."""
+    from functools import partial
+
+    from fibml.reconstruct.inpainting import inpaint_volume
+
+    if not checkpoint:
+        raise ValueError("reconstruct.method=ml needs reconstruct.inpainting_ckpt=<run of experiment=inpainting>")
+    model, run_cfg = load_model(resolve_checkpoint(checkpoint))
+    if not hasattr(model, "probabilities") or type(model).__name__ != "InpaintingTask":
+        raise ValueError(f"{checkpoint} is a {type(model).__name__}, not an inpainting model (experiment=inpainting)")
+    device = resolve_device(inference.get("device", "auto"))
+    model = model.eval().to(device)
+    return partial(inpaint_volume, predictor=model.probabilities, patch_size=run_cfg.data.patch_size,
+                   overlap=inference.get("overlap", 0.5), device=device, progress=True)
 
 
 def resolve_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt", "last.ckpt")) -> Path:

@@ -35,18 +35,18 @@ from fibml.reconstruct.repositioning import (
     to_grid,
 )
 
-__all__ = ["PIPELINES", "place", "reconstruct"]
+__all__ = ["PIPELINES", "place", "reconstruct", "slab_nearest"]
 
 # case -> (placement: "accurate" | "standard" | "direct", interpolator)
 # Nearest neighbour in the paper's sense: each slice image stands for the slab it was milled
 # from, down to the next slice (rule "previous"). That reproduces its ratio RCS / RNN (3.12 / 4.89
 # MP; here 5.3 / 8.4); the midpoint rule ("nearest") ties with the spline (5.2 MP), since a
 # column-wise spline through 0/1 values crosses 0.5 near the midpoint too.
-_SLAB = partial(interpolate_nearest, rule="previous")
+slab_nearest = partial(interpolate_nearest, rule="previous")
 PIPELINES: dict[str, tuple[str, Callable[..., np.ndarray]]] = {
-    "RNN": ("accurate", _SLAB),
+    "RNN": ("accurate", slab_nearest),
     "RCS": ("accurate", interpolate_spline),
-    "DNN": ("direct", _SLAB),
+    "DNN": ("direct", slab_nearest),
     "SRCS": ("standard", interpolate_spline),
 }
 
