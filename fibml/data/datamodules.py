@@ -15,7 +15,16 @@ from fibml.data.transforms import Augmentation, normalize_channels
 from fibml.io import read_dataset
 from fibml.synth.dataset import cached_dataset
 
-__all__ = ["FIBSEMDataModule"]
+__all__ = ["FIBSEMDataModule", "per_device_batch_size"]
+
+
+def per_device_batch_size(batch_size: int, trainer) -> int:
+    """The global batch of the config divided over the trainer's devices (all of it without a trainer)."""
+    if trainer is None:
+        return batch_size
+    if batch_size % trainer.world_size:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the {trainer.world_size} devices")
+    return batch_size // trainer.world_size
 
 
 class FIBSEMDataModule(pl.LightningDataModule):
@@ -83,11 +92,7 @@ class FIBSEMDataModule(pl.LightningDataModule):
             cached_dataset(self.cache_dir, self.generator)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.trainer is not None:
-            world = self.trainer.world_size
-            if self.batch_size % world:
-                raise ValueError(f"batch_size {self.batch_size} is not divisible by the {world} devices")
-            self.batch_size_per_device = self.batch_size // world
+        self.batch_size_per_device = per_device_batch_size(self.batch_size, self.trainer)
         if self.images is None:
             self._read()
         if stage != "test" and not self.datasets:  # evaluation reads whole slices, no patches

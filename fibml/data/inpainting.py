@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from fibml.data.datamodules import per_device_batch_size
 from fibml.data.patches import split_z_blocks
 from fibml.data.transforms import Augmentation
 from fibml.io import LABELS, MANIFEST, read_stack
@@ -120,11 +121,7 @@ class InpaintingDataModule(pl.LightningDataModule):
             cached_dataset(self.cache_dir, self.generator)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.trainer is not None:
-            world = self.trainer.world_size
-            if self.batch_size % world:
-                raise ValueError(f"batch_size {self.batch_size} is not divisible by the {world} devices")
-            self.batch_size_per_device = self.batch_size // world
+        self.batch_size_per_device = per_device_batch_size(self.batch_size, self.trainer)
         if self.labels is None:
             self._read()
         if self.datasets:
