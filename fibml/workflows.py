@@ -156,10 +156,12 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
         )
         rows.append(row)
     several = len(specs) + len(jobs) > 1
+    raw = read_dataset(reference.dataset_path) if jobs else None  # every channel, read once for all baselines
     for job in jobs:
         row, panels[job["name"]] = _evaluate_baseline(
-            job, reference, split, cfg.get("baseline_training") or {}, out / _slug(job["name"]) if several else out,
-            cfg.get("save_predictions", True), print_table=not several, curves=curves,
+            job, reference, raw, split, cfg.get("baseline_training") or {},
+            out / _slug(job["name"]) if several else out, cfg.get("save_predictions", True), print_table=not several,
+            curves=curves,
         )
         rows.append(row)
     if several:
@@ -214,17 +216,17 @@ def _baseline_jobs(methods: Mapping, reference) -> list[dict]:
     return jobs
 
 
-def _evaluate_baseline(job: Mapping, reference, split: str, training: Mapping, out_dir: Path, save_predictions: bool,
-                       print_table: bool, curves: dict):
+def _evaluate_baseline(job: Mapping, reference, raw, split: str, training: Mapping, out_dir: Path,
+                       save_predictions: bool, print_table: bool, curves: dict):
     """Fit (on sparse labels of the training block, if the baseline learns) and apply one
     baseline to the scored slices of the reference dataset; its row, prediction and files."""
     z = reference.z_range(split)
     n_phases = _n_phases(reference)
     segmenter = _instantiate_baseline(job["segmenter"], n_phases, job["channels"])
-    images = read_dataset(reference.dataset_path, job["channels"]).stack(job["channels"])
+    images = raw.stack(job["channels"])
     extra = {}
     if segmenter.needs_labels:
-        train_images, train_labels = _baseline_training_data(job, reference, split, training)
+        train_images, train_labels = _baseline_training_data(job, reference, raw, split, training)
         segmenter.fit(train_images, train_labels)
         extra = _baseline_report(segmenter, train_images, train_labels, out_dir, job["name"],
                                  _phase_names(reference, n_phases))
@@ -252,7 +254,7 @@ def _instantiate_baseline(node, n_phases: int, channels: list):
     return instantiate(node, **options)
 
 
-def _baseline_training_data(job: Mapping, reference, split: str, training: Mapping):
+def _baseline_training_data(job: Mapping, reference, raw, split: str, training: Mapping):
     """(images, sparse labels) a learning baseline is fitted on: ``n_slices`` evenly spaced slices
     of the training block (or of all of training.data_dir), ``pixels_per_class`` random labelled
     pixels per phase on each, as a user would label a few slices."""
@@ -272,9 +274,7 @@ def _baseline_training_data(job: Mapping, reference, split: str, training: Mappi
                 f"{job['name']} learns from labelled slices, and split=all scores every slice of "
                 f"{reference.dataset_path}: name another labelled dataset with baseline_training.data_dir=<folder>"
             )
-        dataset, labels, block = reference.dataset, reference.labels, reference.z_range("train")
-        if not all(c in dataset.images for c in job["channels"]):
-            dataset = read_dataset(reference.dataset_path, job["channels"])
+        dataset, labels, block = raw, reference.labels, reference.z_range("train")
     sparse = sparse_labels(labels, block, n_slices=int(training.get("n_slices", 4)),
                            pixels_per_class=training.get("pixels_per_class", 2000), seed=int(training.get("seed", 0)))
     return dataset.stack(job["channels"]), sparse
