@@ -144,6 +144,11 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
     for spec in specs:
         checkpoint = resolve_checkpoint(spec)
         model, run_cfg = load_model(checkpoint)
+        if type(model).__name__ == "InpaintingTask":
+            raise ValueError(
+                f"{checkpoint} is an inpainting model, not a segmentation: use it with predict.py "
+                f"reconstruct.method=ml reconstruct.inpainting_ckpt=... or benchmarks/thickness_comparison.py"
+            )
         datamodule = _test_datamodule(run_cfg.data, cfg.get("data_dir"))
         if reference is None:
             reference, jobs = datamodule, _baseline_jobs(methods, datamodule)

@@ -104,3 +104,33 @@ def test_predict_reconstructs_a_mimicking_stack(tmp_path, tiny_dataset):
     pcfg.reconstruct.method = "ml"
     with pytest.raises(ValueError, match="inpainting_ckpt"):
         predict(pcfg)
+
+
+def test_predict_with_a_trained_inpainting_net(tmp_path, tiny_dataset):
+    """The RML path as a user runs it: an experiment=inpainting checkpoint fills the rows between
+    the repositioned slices in predict.py; evaluate.py refuses it with a pointer to the right use."""
+    from fibml.synth.dataset import generate_dataset
+    from fibml.workflows import evaluate, predict, train
+    from tests.conftest import FAST_TRAIN, TINY_STRUCTURE, compose_config
+
+    fast = [o for o in FAST_TRAIN if not o.startswith("data.stride")] + ["trainer.max_epochs=1", "data.val_size=8"]
+    inpainting = compose_config("train", ["experiment=inpainting", f"data.data_dir={tiny_dataset}", *fast], tmp_path / "i")
+    train(inpainting)
+    segmenter = compose_config("train", FAST_TRAIN + [f"data.data_dir={tiny_dataset}", "trainer.max_epochs=1",
+                                                      "evaluate=false"], tmp_path / "s")
+    train(segmenter)
+    mimic = generate_dataset(tmp_path / "mimic", shape=(40, 48, 48), voxel_size_nm=2.5, voltages=[2],
+                             structure=TINY_STRUCTURE, imaging={}, seed=4, progress=False, thickness={"target_nm": 10.0})
+    out = tmp_path / "out"
+    predict(compose_config("predict", [
+        f"ckpt_path={segmenter.paths.output_dir}", f"input={mimic}", f"output={out}", "reconstruct.enabled=true",
+        "reconstruct.method=ml", f"reconstruct.inpainting_ckpt={inpainting.paths.output_dir}", "inference.device=cpu",
+    ], tmp_path / "p"))
+    segmentation, _ = read_stack(out / "segmentation.tif")
+    volume, voxel = read_stack(out / "reconstruction.tif")
+    thicknesses = np.loadtxt(Path(mimic) / "thickness.csv", delimiter=",", skiprows=1)[:, 1]
+    positions, n_grid = slice_positions(thicknesses)
+    assert volume.shape == (n_grid, 48, 48) and voxel == (2.5, 2.5, 2.5) and set(np.unique(volume)) <= {0, 1}
+    np.testing.assert_array_equal(volume[positions], segmentation)  # the net filled only the rows between
+    with pytest.raises(ValueError, match="is an inpainting model, not a segmentation"):
+        evaluate(compose_config("evaluate", [f"ckpt_path={inpainting.paths.output_dir}"], tmp_path / "e"))
