@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
 
 from fibml.tasks.segmentation import SegmentationTask
 
@@ -59,15 +58,10 @@ class InpaintingTask(SegmentationTask):
         loss = self.loss(logits, y, ~known_rows(x))
         return logits, loss, loss
 
-    def _step(self, batch, metrics: MetricCollection, stage: str) -> Tensor:
-        # as SegmentationTask's, but the metrics count the masked pixels only
-        x, y = batch
-        logits, loss, objective = self.forward_loss(x, y, stage)
+    def scored_pixels(self, x: Tensor, prediction: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The metrics count the masked pixels only: the known rows are copied, not predicted."""
         unknown = ~known_rows(x)
-        metrics.update(logits.detach().argmax(1)[unknown], y[unknown])
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
-        return objective
+        return prediction[unknown], y[unknown]
 
 
 class MaskedDiceCELoss(nn.Module):

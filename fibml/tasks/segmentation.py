@@ -63,7 +63,7 @@ class SegmentationTask(pl.LightningModule):
     def _step(self, batch, metrics: MetricCollection, stage: str) -> Tensor:
         x, y = batch
         logits, loss, objective = self.forward_loss(x, y, stage)
-        metrics.update(logits.detach().argmax(1), y)
+        metrics.update(*self.scored_pixels(x, logits.detach().argmax(1), y))
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
         return objective
@@ -74,6 +74,10 @@ class SegmentationTask(pl.LightningModule):
         logits = self.net(x)
         loss = self.loss(logits, y.unsqueeze(1))
         return logits, loss, loss
+
+    def scored_pixels(self, x: Tensor, prediction: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The (prediction, target) pixels the metrics count: all here; inpainting only the masked rows."""
+        return prediction, y
 
     def parameter_groups(self):
         """What the optimizer updates: all parameters here; subclasses may return param groups."""
