@@ -144,6 +144,8 @@ def test_errors_name_what_was_expected_and_found():
         direct(np.zeros((2, 4, 4)))
     with pytest.raises(ValueError, match=r"in \[0, 254\] \(255 marks unknown rows\), got 0..255"):
         direct(np.array([[[0, 255]]], np.uint8))
+    with pytest.raises(ValueError, match="labels up to 200: expected a segmented stack .* not grey values"):
+        direct(np.array([[[0, 200]]], np.uint8))  # a BSE image where the segmentation belongs
     with pytest.raises(ValueError, match="slices are empty"):
         direct(np.zeros((0, 4, 4), np.uint8))
     with pytest.raises(ValueError, match="grid_nm must be a positive number"):

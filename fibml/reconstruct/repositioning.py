@@ -210,9 +210,12 @@ def slice_positions(thicknesses_nm, grid_nm: float = 2.5) -> tuple[np.ndarray, i
     return positions, n_grid
 
 
+MAX_PHASES = 16  # more distinct labels than this are grey values, not phases
+
+
 def check_slices(slices) -> np.ndarray:
     """uint8 (n, y, x) view or copy of a stack of segmented slices; ValueError unless it is a
-    non-empty 3-D array of integer (or bool) labels in [0, 254] (255 marks unknown rows)."""
+    non-empty 3-D array of integer (or bool) phase labels below MAX_PHASES (255 marks unknown rows)."""
     slices = np.asarray(slices)
     if slices.ndim != 3:
         raise ValueError(f"slices must be a (z, y, x) stack of label images, got {slices.ndim} dimensions (shape {slices.shape})")
@@ -223,6 +226,11 @@ def check_slices(slices) -> np.ndarray:
     lo, hi = int(slices.min()), int(slices.max())
     if lo < 0 or hi >= UNKNOWN:
         raise ValueError(f"slice labels must be in [0, {UNKNOWN - 1}] ({UNKNOWN} marks unknown rows), got {lo}..{hi}")
+    if hi > MAX_PHASES - 1:  # a grey-value image passed where a segmentation belongs
+        raise ValueError(
+            f"slices hold labels up to {hi}: expected a segmented stack (0 = pore, 1 = solid, at most "
+            f"{MAX_PHASES} phases), not grey values; segment the images first (predict.py)"
+        )
     return slices.astype(np.uint8, copy=False)
 
 
