@@ -161,7 +161,7 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
         )
         rows.append(row)
     several = len(specs) + len(jobs) > 1
-    raw = read_dataset(reference.dataset_path) if jobs else None  # every channel, read once for all baselines
+    raw = _all_channels(reference) if jobs else None  # every channel, read once for all baselines
     for job in jobs:
         row, panels[job["name"]] = _evaluate_baseline(
             job, reference, raw, split, cfg.get("baseline_training") or {},
@@ -173,6 +173,15 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
         _write_comparison(out, rows, panels, curves, reference, split)
         return rows
     return rows[0]
+
+
+def _all_channels(reference):
+    """The reference dataset with every channel of its folder: the one already read when it holds them all."""
+    from fibml.io import available_channels
+
+    if set(available_channels(reference.dataset_path)) <= set(reference.dataset.images):
+        return reference.dataset
+    return read_dataset(reference.dataset_path)
 
 
 def _as_list(value) -> list:
