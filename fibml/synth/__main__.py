@@ -2,7 +2,8 @@
 
 Writes a dataset folder (manifest.json, bse_<V>kV.tif or <detector>_<V>kV.tif, labels.tif);
 every key has a default in configs/synth.yaml and configs/generator/ (generator=electrode: the
-three-phase electrode imaged with two detectors).
+three-phase electrode imaged with two detectors; simulator=montecarlo: BSE images from the voxel
+Monte Carlo simulator instead of the fast forward model).
 """
 
 import hydra
@@ -19,7 +20,7 @@ def main(cfg: DictConfig) -> None:
     folder = generate_dataset(
         cfg.out, cfg.shape, cfg.voxel_size_nm, cfg.voltages, cfg.structure, cfg.imaging,
         seed=cfg.seed, overwrite=cfg.overwrite, detectors=cfg.get("detectors"), phases=cfg.get("phases"),
-        thickness=cfg.get("thickness"),
+        thickness=cfg.get("thickness"), simulator=cfg.get("simulator"),
     )
     print(f"wrote {folder}")
 

@@ -35,6 +35,7 @@ def generate_dataset(
     detectors: Sequence[str] | None = None,
     phases: Sequence[str] | None = None,
     thickness: Mapping | None = None,
+    simulator: Mapping | None = None,
 ) -> Path:
     """Generate a structure, render its image stacks and write the dataset folder `out`.
 
@@ -55,6 +56,10 @@ def generate_dataset(
         inpainting.txt instead: milled slices of gamma-distributed thickness, each showing the
         structure (and the image) at its true depth, stored as if target_nm apart, with their
         true thicknesses in thickness.csv and the isotropic ground truth in labels_isotropic.tif.
+    simulator: None or {name: fast} = the fast forward model (render_bse). {name: montecarlo,
+        **options of fibml.synth.montecarlo.simulate_bse_stack} = the voxel Monte Carlo simulator
+        (materials, boundary and probe_sigma_nm come from `imaging`); with work_dir, finished
+        slices are kept in <work_dir>/<V>kV and a rerun resumes there.
     """
     if not voltages:
         raise ValueError("voltages is empty: give at least one beam voltage in kV")
@@ -68,6 +73,13 @@ def generate_dataset(
     }
     if detectors:
         params["detectors"] = [str(d) for d in detectors]
+    simulator = _plain(simulator or {})
+    if simulator.get("name", "fast") not in SIMULATORS:
+        raise ValueError(f"simulator.name must be one of {SIMULATORS}, got {simulator.get('name')!r}")
+    if simulator.get("name", "fast") != "fast":
+        if detectors:
+            raise ValueError("the Monte Carlo simulator renders BSE images only: leave detectors empty")
+        params["simulator"] = simulator
     channels = [(v, d) for v in params["voltages"] for d in (params.get("detectors") or [None])]
     bar = tqdm(total=1 + len(channels), desc=f"synth {Path(out).name}", disable=not progress)
     bar.set_postfix_str("structure")
@@ -76,7 +88,11 @@ def generate_dataset(
     images = {}
     for i, (voltage, detector) in enumerate(channels):
         noise_seed = seed * 1000 + i + 1
-        if detector is None:
+        if detector is None and "simulator" in params:
+            bar.set_postfix_str(f"Monte Carlo {voltage:g} kV")
+            images[voltage] = _monte_carlo(labels, voltage, voxel_size_nm, noise_seed, params["imaging"],
+                                           params["simulator"], progress)
+        elif detector is None:
             bar.set_postfix_str(f"BSE {voltage:g} kV")
             images[voltage] = render_bse(labels, voltage, voxel_size_nm, seed=noise_seed, **params["imaging"])
         else:
@@ -113,6 +129,7 @@ def generate_dataset(
 
 
 ISOTROPIC_LABELS = "labels_isotropic.tif"
+SIMULATORS = ("fast", "montecarlo")
 
 
 def _mimic(labels, images: dict, voxel_size_nm, thickness: dict, seed: int):
@@ -153,6 +170,17 @@ def cached_dataset(cache_dir: str | Path, generator: Mapping, progress: bool = T
     if not (folder / MANIFEST).is_file():
         generate_dataset(folder, **params, overwrite=folder.exists(), progress=progress)
     return folder
+
+
+def _monte_carlo(labels, voltage, voxel_size_nm, seed, imaging: Mapping, simulator: Mapping, progress) -> np.ndarray:
+    from fibml.synth.montecarlo import simulate_bse_stack
+
+    options = {k: v for k, v in simulator.items() if k not in ("name", "work_dir")}
+    shared = {k: imaging[k] for k in ("materials", "boundary", "probe_sigma_nm") if k in imaging}
+    work_dir = simulator.get("work_dir")
+    return simulate_bse_stack(labels, voltage, voxel_size_nm, seed=seed, progress=progress,
+                              work_dir=None if work_dir is None else Path(work_dir) / f"{voltage:g}kV",
+                              **shared, **options)
 
 
 def _render_detector(labels, detector, voltage, voxel_size_nm, seed, imaging: Mapping, detectors) -> np.ndarray:
