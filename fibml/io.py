@@ -335,7 +335,8 @@ def _sorted_channels(channels) -> list[Channel]:
 
 
 def _voltage_of(channel: Channel) -> float:
-    """The beam voltage (kV) of a channel key."""
+    """The beam voltage (kV) of a channel key (2, 2.0, "bse_2kV" or "se2_1kV")."""
+    channel = channel_key(channel)
     return channel if isinstance(channel, float) else float(_CHANNEL_RE.match(channel).group(2))
 
 
