@@ -3,7 +3,8 @@
 Writes a dataset folder (manifest.json, bse_<V>kV.tif or <detector>_<V>kV.tif, labels.tif);
 every key has a default in configs/synth.yaml and configs/generator/ (generator=electrode: the
 three-phase electrode imaged with two detectors; simulator=montecarlo: BSE images from the voxel
-Monte Carlo simulator instead of the fast forward model).
+Monte Carlo simulator instead of the fast forward model; artefacts=realistic: curtaining, charging,
+shading, correlated noise, ... of a real acquisition on top, the target domain for domain adaptation).
 """
 
 import hydra
@@ -20,7 +21,7 @@ def main(cfg: DictConfig) -> None:
     folder = generate_dataset(
         cfg.out, cfg.shape, cfg.voxel_size_nm, cfg.voltages, cfg.structure, cfg.imaging,
         seed=cfg.seed, overwrite=cfg.overwrite, detectors=cfg.get("detectors"), phases=cfg.get("phases"),
-        thickness=cfg.get("thickness"), simulator=cfg.get("simulator"),
+        thickness=cfg.get("thickness"), simulator=cfg.get("simulator"), artefacts=cfg.get("artefacts"),
     )
     print(f"wrote {folder}")
 

@@ -36,6 +36,7 @@ def generate_dataset(
     phases: Sequence[str] | None = None,
     thickness: Mapping | None = None,
     simulator: Mapping | None = None,
+    artefacts: Mapping | None = None,
 ) -> Path:
     """Generate a structure, render its image stacks and write the dataset folder `out`.
 
@@ -60,6 +61,12 @@ def generate_dataset(
         **options of fibml.synth.montecarlo.simulate_bse_stack} = the voxel Monte Carlo simulator
         (materials, boundary and probe_sigma_nm come from `imaging`); with work_dir, finished
         slices are kept in <work_dir>/<V>kV and a rerun resumes there.
+    artefacts: None or empty = clean images. A mapping = keyword arguments of
+        fibml.synth.artefacts.add_artefacts (curtaining, blur, charging, shading, noise, histogram; see
+        configs/artefacts/realistic.yaml), applied to every image stack after rendering (and after the
+        slice-thickness mimicking, as they belong to the acquired slices): the "realistic" target domain.
+        Curtaining and shading are shared by the channels of the dataset, charging and noise are drawn per
+        channel; the seed is the dataset's. Labels are the same as without artefacts.
     """
     if not voltages:
         raise ValueError("voltages is empty: give at least one beam voltage in kV")
@@ -80,8 +87,10 @@ def generate_dataset(
         if detectors:
             raise ValueError("the Monte Carlo simulator renders BSE images only: leave detectors empty")
         params["simulator"] = simulator
+    if artefacts:
+        params["artefacts"] = _plain(artefacts)
     channels = [(v, d) for v in params["voltages"] for d in (params.get("detectors") or [None])]
-    bar = tqdm(total=1 + len(channels), desc=f"synth {Path(out).name}", disable=not progress)
+    bar = tqdm(total=1 + len(channels) + ("artefacts" in params), desc=f"synth {Path(out).name}", disable=not progress)
     bar.set_postfix_str("structure")
     labels = _make_structure(params["structure"], params["shape"], voxel_size_nm, seed).astype(np.uint8)
     bar.update()
@@ -100,11 +109,15 @@ def generate_dataset(
             images[f"{detector}_{voltage:g}kV"] = _render_detector(labels, detector, voltage, voxel_size_nm, noise_seed,
                                                                   params["imaging"], params["detectors"])
         bar.update()
-    bar.close()
     extra = {}
     if thickness:
         labels, images, extra = _mimic(labels, images, voxel_size_nm, dict(thickness), seed)
         params["thickness"] = extra["manifest"]
+    if "artefacts" in params:
+        bar.set_postfix_str("artefacts")
+        images = _add_artefacts(images, extra.get("voxel_size_nm", voxel_size_nm), seed, params["artefacts"])
+        bar.update()
+    bar.close()
     manifest = {
         "generator": "fibml.synth",
         "generator_version": GENERATOR_VERSION,
@@ -170,6 +183,15 @@ def cached_dataset(cache_dir: str | Path, generator: Mapping, progress: bool = T
     if not (folder / MANIFEST).is_file():
         generate_dataset(folder, **params, overwrite=folder.exists(), progress=progress)
     return folder
+
+
+def _add_artefacts(images: dict, voxel_size_nm, seed: int, artefacts: Mapping) -> dict:
+    """Every stack of `images` with the artefacts of a real acquisition; channel i of the dataset is
+    channel i of add_artefacts, so the face-bound artefacts (curtaining, shading) are shared."""
+    from fibml.synth.artefacts import add_artefacts
+
+    return {key: add_artefacts(image, seed=seed, voxel_size_nm=voxel_size_nm, channel=i, **artefacts)
+            for i, (key, image) in enumerate(images.items())}
 
 
 def _monte_carlo(labels, voltage, voxel_size_nm, seed, imaging: Mapping, simulator: Mapping, progress) -> np.ndarray:
