@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +24,7 @@ from fibml.channels import channel_key, channel_label
 from fibml.config import register_resolvers
 from fibml.data.transforms import normalize_channels
 from fibml.inference import predict_volume, resolve_device
-from fibml.io import LABELS, read_dataset, read_stack, write_json, write_stack
+from fibml.io import LABELS, read_dataset, read_stack, write_dataset, write_json, write_stack
 from fibml.metrics.confusion import segmentation_scores
 from fibml.report import (
     save_comparison,
@@ -75,14 +76,20 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         write_json(Path(cfg.paths.output_dir) / "voltage_weights.json", weights)
         log.info("learned weight of each voltage: %s", _format_weights(weights))
 
-    if cfg.get("evaluate", False) and trainer.is_global_zero:
+    evaluate, report = cfg.get("evaluate", False), cfg.get("report")
+    if (evaluate or report) and trainer.is_global_zero:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
         if best:
             log.info("evaluating the best checkpoint %s", best)
             model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    if evaluate and trainer.is_global_zero:
         datamodule.setup("test")
         row = evaluate_model(model, datamodule, Path(cfg.paths.output_dir), method_name(run_config), cfg.inference)
         metrics.update({f"test/{k}": v for k, v in row.items() if isinstance(v, float)})
+    if report and trainer.is_global_zero:
+        # a task's own report (tables, figures): a function (model, datamodule, out_dir) -> {metric: value}
+        found = instantiate(report)(model=model, datamodule=datamodule, out_dir=Path(cfg.paths.output_dir))
+        metrics.update({f"test/{k}": float(v) for k, v in (found or {}).items()})
     return metrics, {"model": model, "datamodule": datamodule, "trainer": trainer}
 
 
@@ -516,7 +523,12 @@ def _slug(name: str) -> str:
 
 
 def predict(cfg: DictConfig) -> Path:
-    """Segment a whole stack (dataset folder or TIFF) and write segmentation.tif with its voxel size."""
+    """Segment a whole stack (dataset folder or TIFF) and write segmentation.tif with its voxel size
+    (task=translate: translate a dataset with a CycleGAN instead, see translate)."""
+    if cfg.get("task", "segment") == "translate":
+        return translate(cfg)
+    if cfg.get("task", "segment") != "segment":
+        raise ValueError(f"task must be 'segment' or 'translate', got {cfg.task!r}")
     checkpoint = resolve_checkpoint(cfg.ckpt_path)
     model, run_cfg = load_model(checkpoint)
     settings = _data_settings(run_cfg.data)
@@ -562,6 +574,59 @@ def predict(cfg: DictConfig) -> Path:
         } | ({} if reconstruction is None else {"reconstruction": reconstruction["info"]}),
     )
     print(f"wrote {out / 'segmentation.tif'} ({segmentation.shape[0]} slices, solid fraction {(segmentation == 1).mean():.4f})")
+    return out
+
+
+def translate(cfg: DictConfig) -> Path:
+    """python predict.py task=translate ckpt_path=<CycleGAN run> input=<dataset> output=<dataset>:
+    the input's channel of the trained source domain (target domain with direction=ba), scaled to
+    [-1, 1] by its own percentiles as in training, translated slice by slice (Gaussian-blended
+    sliding window), mapped to the grey values of the other domain; written with the same labels
+    and voxel size as a new dataset folder, ready for segmentation training."""
+    checkpoint = resolve_checkpoint(cfg.ckpt_path)
+    model, run_cfg = load_model(checkpoint)
+    if not hasattr(model, "translate"):
+        raise ValueError(f"{checkpoint} holds a {type(model).__name__}: task=translate needs a CycleGAN run "
+                         "(experiment=cyclegan_sim or cyclegan_da)")
+    direction = cfg.get("direction") or "ab"
+    if direction not in ("ab", "ba"):
+        raise ValueError(f"direction must be 'ab' (source -> target) or 'ba', got {direction!r}")
+    source_domain, target_domain = ("a", "b") if direction == "ab" else ("b", "a")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    scaling = next((v["scaling"] for v in state.values() if isinstance(v, dict) and "scaling" in v), None)
+    if not scaling or target_domain not in scaling:
+        raise ValueError(f"{checkpoint} keeps no grey-value scaling of the domains (written by an older fibml?)")
+    channel = run_cfg.data.source_channel if direction == "ab" else run_cfg.data.target_channel
+
+    from fibml.data.unpaired import domain_scaling, from_unit, to_unit
+
+    source = Path(cfg.input)
+    if not source.is_dir():
+        raise FileNotFoundError(f"input {source} is not a dataset folder")
+    dataset = read_dataset(source, None if channel is None else [channel_key(channel)])
+    key = dataset.voltages[0] if channel is None else channel_key(channel)
+    if channel is None and len(dataset.voltages) > 1:
+        raise ValueError(f"{source} holds channels {dataset.voltages}: the CycleGAN was trained on one; "
+                         "set data.source_channel when training")
+    stack = dataset.images[key]
+    images = to_unit(stack, *domain_scaling(source, [stack], run_cfg.data.percentiles))[None]
+    device = resolve_device(cfg.inference.get("device", "auto"))
+    model = model.to(device)
+    started = time.perf_counter()
+    translated = predict_volume(
+        lambda x: model.translate(x, direction), images, dims="2d", patch_size=run_cfg.data.patch_size,
+        overlap=cfg.inference.get("overlap", 0.5), slices_per_batch=cfg.inference.get("slices_per_batch", 8),
+        sw_batch_size=cfg.inference.get("sw_batch_size", 32), device=device,
+    )[0]
+    seconds = time.perf_counter() - started
+    translated = from_unit(translated, *scaling[target_domain])
+    manifest = dict(dataset.manifest) | {
+        "translated": {"checkpoint": str(checkpoint), "direction": direction, "from": str(source),
+                       "seconds": round(seconds, 3)},
+    }
+    out = write_dataset(cfg.output, {key: translated}, dataset.voxel_size_nm, labels=dataset.labels,
+                        manifest=manifest, overwrite=bool(cfg.get("overwrite", False)))
+    print(f"wrote {out}: {stack.shape[0]} slices translated {direction} in {seconds:.1f} s")
     return out
 
 

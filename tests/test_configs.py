@@ -17,7 +17,9 @@ from tests.conftest import compose_config
 # files starting with "_" are fragments the experiments include (e.g. the 3D data settings)
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("[!_]*.yaml"))
 INPAINTING = ["inpainting"]  # planes of label volumes, not image slices: checked on their own below
-SEGMENTATION = [e for e in EXPERIMENTS if e not in INPAINTING]
+CYCLEGAN = ["cyclegan_da", "cyclegan_sim"]  # unpaired image translation
+BACKSCATTER = ["backscatter_ann"]  # a regression of eta on (Z, E, depth)
+SEGMENTATION = [e for e in EXPERIMENTS if e not in INPAINTING + CYCLEGAN + BACKSCATTER]
 EXPECTED_INPUT = {"2d": (2, 1), "2.5d": (2, 7), "3d": (3, 1)}  # spatial dims, slices per voltage
 
 
@@ -67,6 +69,29 @@ def test_inpainting_experiment_composes_and_instantiates(experiment, tmp_path):
     assert cfg.evaluate is False  # train.py's slice-by-slice test evaluation is for segmentation models
     assert cfg.trainer.max_epochs == 100 and cfg.callbacks.early_stopping.patience == 25
     assert cfg.model.optimizer.lr == 1e-4 and cfg.data.batch_size == 64
+
+
+@pytest.mark.parametrize("experiment", [e for e in CYCLEGAN if e in EXPERIMENTS])
+def test_cyclegan_experiment_composes_with_the_papers_settings(experiment, tmp_path):
+    from fibml.data.unpaired import UnpairedDataModule
+    from fibml.nets.gan import receptive_field
+    from fibml.tasks.cyclegan import CycleGANTask
+
+    cfg = compose_config("train", [f"experiment={experiment}"], tmp_path)
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg.model)
+    assert isinstance(datamodule, UnpairedDataModule) and isinstance(model, CycleGANTask)
+    assert model.generator_ab is not model.generator_ba and model.discriminator_a is not model.discriminator_b
+    # Table 1: patches 128, stride 64, batch 1, Adam 1e-4 reduced x0.1 after 10 epochs; CycleGAN's losses
+    assert datamodule.patch == (128, 128) and datamodule.stride == (64, 64) and cfg.data.batch_size == 1
+    assert cfg.model.optimizer.lr == 1e-4 and cfg.model.scheduler.patience == 10 and cfg.model.scheduler.factor == 0.1
+    assert cfg.model.lambda_cycle == 10 and cfg.model.pool_size == 50
+    assert receptive_field(cfg.model.discriminator_a.n_layers) == 70
+    assert cfg.evaluate is False and cfg.callbacks.early_stopping.patience == 25
+    if experiment == "cyclegan_da":  # the target: an unseen structure with real-FIB-SEM artefacts
+        assert cfg.data.target_generator.seed != cfg.data.source_generator.seed
+        assert cfg.data.target_generator.artefacts.curtaining.amplitude > 0
+        assert "artefacts" not in cfg.data.source_generator
 
 
 def test_late_fusion_branch_stage_follows_the_epochs(tmp_path):
