@@ -15,7 +15,10 @@ import numpy as np  # noqa: E402
 
 from fibml.io import atomic_path  # noqa: E402
 
-__all__ = ["markdown_table", "save_comparison", "save_importances", "save_sections", "save_tpcf", "write_table"]
+__all__ = [
+    "backscatter_report", "markdown_table", "save_comparison", "save_importances", "save_sections", "save_tpcf",
+    "write_table",
+]
 
 
 def write_table(rows: Sequence[Mapping], stem: str | Path) -> str:
@@ -197,3 +200,100 @@ def _error_map(prediction: np.ndarray, labels: np.ndarray) -> np.ndarray:
     rgb[(prediction == 0) & (labels > 0)] = (0.2, 0.4, 1.0)
     rgb[(prediction > 0) & (labels > 0) & (prediction != labels)] = (1.0, 0.65, 0.0)
     return rgb
+
+
+# --------------------------------------------------------------------------- backscatter ANN
+
+
+def backscatter_report(model, datamodule, out_dir: str | Path, element: str | int = "Au",
+                       voltage_kV: float = 2.0) -> dict[str, float]:
+    """Score a trained backscatter ANN (fibml.tasks.backscatter.BackscatterTask) on the rows of its
+    table (fibml.data.backscatter.BackscatterDataModule), as appendix C.1 of
+    cyclegan-simulation-domain-adaptation.txt does.
+
+    Writes to out_dir: backscatter_metrics.csv / .md (R^2 and RMSE of eta on the train, val and
+    test rows and on all of them), backscatter_predictions.csv (every row with the ANN's eta and
+    its split) and backscatter.png: (A) eta against epoxy thickness (nm) for one element and beam
+    voltage, the simulated rows with their eta_std error bars and the ANN on a fine thickness grid,
+    like Fig. C1(B); (B) predicted against simulated eta of all rows. A (element, voltage) missing
+    from the table is replaced by its heaviest element at the nearest voltage.
+    Returns {"r2", "rmse" (test rows), "r2_all", "rmse_all" (all rows)}.
+    """
+    import periodictable
+
+    out = Path(out_dir)
+    if getattr(datamodule, "table", None) is None:
+        datamodule.setup("test")
+    table, split = datamodule.table, datamodule.split
+    Z, voltage, thickness, eta = (np.asarray(table[k], dtype=np.float64)
+                                  for k in ("Z", "voltage_kV", "epoxy_thickness_nm", "eta"))
+    predicted = np.asarray(model.predict_eta(Z, voltage, thickness), dtype=np.float64)
+    split_of = np.full(len(eta), "", dtype=object)
+    for name, rows in split.items():
+        split_of[rows] = name
+
+    scores = []
+    for name, rows in [*split.items(), ("all", np.arange(len(eta)))]:
+        if len(rows):
+            scores.append({"rows": name, "n": len(rows), "R2": _r2(eta[rows], predicted[rows]),
+                           "RMSE": float(np.sqrt(np.mean((predicted[rows] - eta[rows]) ** 2)))})
+    write_table(scores, out / "backscatter_metrics")
+    by_name = {row["rows"]: row for row in scores}
+    held_out = by_name.get("test", by_name["all"])
+
+    columns = {"Z": Z, "element": table.get("element", Z.astype(int)), "voltage_kV": voltage,
+               "epoxy_thickness_nm": thickness, "eta": eta, "eta_ann": predicted, "split": split_of}
+    with atomic_path(out / "backscatter_predictions.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(zip(*(list(c) for c in columns.values())))
+
+    z = int(element) if isinstance(element, (int, np.integer)) else periodictable.elements.symbol(str(element)).number
+    if not np.any(Z == z):
+        z = int(Z.max())
+    shown = float(voltage[Z == z][np.argmin(np.abs(voltage[Z == z] - float(voltage_kV)))])
+    symbol = periodictable.elements[z].symbol
+    std = np.asarray(table["eta_std"], dtype=np.float64) if "eta_std" in table else np.zeros_like(eta)
+    _save_backscatter_figure(out / "backscatter.png", model, Z, voltage, thickness, eta, predicted, std, split_of,
+                             z, symbol, shown, held_out)
+    return {"r2": held_out["R2"], "rmse": held_out["RMSE"], "r2_all": by_name["all"]["R2"],
+            "rmse_all": by_name["all"]["RMSE"]}
+
+
+def _r2(truth: np.ndarray, prediction: np.ndarray) -> float:
+    """Coefficient of determination 1 - SS_res / SS_tot (as sklearn.metrics.r2_score); NaN for constant truth."""
+    total = float(np.sum((truth - truth.mean()) ** 2))
+    return 1.0 - float(np.sum((truth - prediction) ** 2)) / total if total > 0 else float("nan")
+
+
+def _save_backscatter_figure(path, model, Z, voltage, thickness, eta, predicted, std, split_of, z: int, symbol: str,
+                             shown_kV: float, held_out: Mapping) -> Path:
+    """Panel A: eta against epoxy thickness for element z at shown_kV; panel B: predicted against simulated."""
+    colours = {"train": "tab:blue", "val": "tab:orange", "test": "tab:red"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    here = (Z == z) & (voltage == shown_kV)
+    for name, colour in colours.items():
+        rows = here & (split_of == name)
+        if rows.any():
+            left.errorbar(thickness[rows], eta[rows], yerr=std[rows], fmt="o", ms=4, color=colour, capsize=2,
+                          label=f"simulated ({name})")
+    grid = np.linspace(0.0, float(thickness[here].max()), 200)
+    left.plot(grid, model.predict_eta(z, shown_kV, grid), "k-", label="ANN")
+    left.set_xlabel("epoxy thickness over the bulk = depth (nm)", fontsize=8)
+    left.set_ylabel("backscatter coefficient eta", fontsize=8)
+    left.set_title(f"(A) {symbol} at {shown_kV:g} kV", fontsize=9)
+    left.legend(fontsize=7)
+    for name, colour in colours.items():
+        rows = split_of == name
+        if rows.any():
+            right.scatter(eta[rows], predicted[rows], s=9, color=colour, label=name, alpha=0.8)
+    low, high = float(min(eta.min(), predicted.min())), float(max(eta.max(), predicted.max()))
+    right.plot([low, high], [low, high], "k--", linewidth=0.8)
+    right.set_xlabel("simulated eta", fontsize=8)
+    right.set_ylabel("ANN eta", fontsize=8)
+    right.set_title(f"(B) all rows; {held_out['rows']}: R² {held_out['R2']:.4f}, RMSE {held_out['RMSE']:.4f}",
+                    fontsize=9)
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.tick_params(labelsize=7)
+    return _save_figure(fig, path)
