@@ -67,3 +67,22 @@ def test_translate_refuses_a_segmentation_checkpoint(tiny_dataset, tmp_path):
                                       f"input={tiny_dataset}", f"output={tmp_path / 'x'}"], tmp_path / "p")
     with pytest.raises(ValueError, match="needs a CycleGAN run"):
         predict(pcfg)
+
+
+def test_cyclegan_sim_synthesises_both_domains_and_trains(tmp_path):
+    """experiment=cyclegan_sim from scratch: the depth-weighted source and the Monte Carlo target of
+    one (tiny) structure are generated and cached, then a training step runs."""
+    structure = ["shape=[8,40,40]", "structure.coarse_wavelength_nm=20", "structure.fine_wavelength_nm=10"]
+    overrides = ["experiment=cyclegan_sim", *TINY_GAN, "data.target_generator.simulator.electrons_per_pixel=2"]
+    overrides += [f"data.{side}_generator.{s}" for side in ("source", "target") for s in structure]
+    cfg = compose_config("train", overrides, tmp_path)
+    metrics, objects = train(cfg)
+    assert np.isfinite(metrics["train/loss_g_epoch"])
+    datamodule = objects["datamodule"]
+    source, target = (read_dataset(datamodule.domain_path(d)) for d in ("a", "b"))
+    assert source.manifest["parameters"]["simulator"]["name"] == "depth_weighted"
+    assert target.manifest["parameters"]["simulator"]["name"] == "montecarlo"
+    np.testing.assert_array_equal(source.labels, target.labels)  # one structure, two imaging models
+    pre, mc, solid = source.images[2.0], target.images[2.0], source.labels == 1
+    assert 0 <= pre.min() and pre.max() <= 1 and pre[solid].mean() > pre[~solid].mean() + 0.2
+    assert mc[solid].mean() > mc[~solid].mean()  # gold brighter than epoxy in the Monte Carlo images too

@@ -60,7 +60,9 @@ def generate_dataset(
     simulator: None or {name: fast} = the fast forward model (render_bse). {name: montecarlo,
         **options of fibml.synth.montecarlo.simulate_bse_stack} = the voxel Monte Carlo simulator
         (materials, boundary and probe_sigma_nm come from `imaging`); with work_dir, finished
-        slices are kept in <work_dir>/<V>kV and a rerun resumes there.
+        slices are kept in <work_dir>/<V>kV and a rerun resumes there. {name: depth_weighted, eta,
+        n_slices} = the "preprocessed" images of the ML simulation (fibml.synth.preprocess): eta is
+        "formula" (the Hunger-Kuchler approximation) or a run / checkpoint of the backscatter ANN.
     artefacts: None or empty = clean images. A mapping = keyword arguments of
         fibml.synth.artefacts.add_artefacts (curtaining, blur, charging, shading, noise, histogram; see
         configs/artefacts/realistic.yaml), applied to every image stack after rendering (and after the
@@ -85,7 +87,7 @@ def generate_dataset(
         raise ValueError(f"simulator.name must be one of {SIMULATORS}, got {simulator.get('name')!r}")
     if simulator.get("name", "fast") != "fast":
         if detectors:
-            raise ValueError("the Monte Carlo simulator renders BSE images only: leave detectors empty")
+            raise ValueError(f"simulator={simulator['name']} renders BSE images only: leave detectors empty")
         params["simulator"] = simulator
     if artefacts:
         params["artefacts"] = _plain(artefacts)
@@ -97,10 +99,13 @@ def generate_dataset(
     images = {}
     for i, (voltage, detector) in enumerate(channels):
         noise_seed = seed * 1000 + i + 1
-        if detector is None and "simulator" in params:
+        if detector is None and params.get("simulator", {}).get("name") == "montecarlo":
             bar.set_postfix_str(f"Monte Carlo {voltage:g} kV")
             images[voltage] = _monte_carlo(labels, voltage, voxel_size_nm, noise_seed, params["imaging"],
                                            params["simulator"], progress)
+        elif detector is None and "simulator" in params:
+            bar.set_postfix_str(f"depth-weighted {voltage:g} kV")
+            images[voltage] = _depth_weighted(labels, voltage, voxel_size_nm, params["imaging"], params["simulator"])
         elif detector is None:
             bar.set_postfix_str(f"BSE {voltage:g} kV")
             images[voltage] = render_bse(labels, voltage, voxel_size_nm, seed=noise_seed, **params["imaging"])
@@ -142,7 +147,7 @@ def generate_dataset(
 
 
 ISOTROPIC_LABELS = "labels_isotropic.tif"
-SIMULATORS = ("fast", "montecarlo")
+SIMULATORS = ("fast", "montecarlo", "depth_weighted")
 
 
 def _mimic(labels, images: dict, voxel_size_nm, thickness: dict, seed: int):
@@ -203,6 +208,18 @@ def _monte_carlo(labels, voltage, voxel_size_nm, seed, imaging: Mapping, simulat
     return simulate_bse_stack(labels, voltage, voxel_size_nm, seed=seed, progress=progress,
                               work_dir=None if work_dir is None else Path(work_dir) / f"{voltage:g}kV",
                               **shared, **options)
+
+
+def _depth_weighted(labels, voltage, voxel_size_nm, imaging: Mapping, simulator: Mapping) -> np.ndarray:
+    """The preprocessed image of the ML simulation (fibml.synth.preprocess): the backscatter ANN's
+    eta (or the formula approximation) weighting the n_slices slices beneath every face."""
+    from fibml.synth.preprocess import depth_weighted_stack, depth_weights, resolve_eta_model
+
+    eta, _ = resolve_eta_model(simulator.get("eta") or "formula")
+    dz = float(np.broadcast_to(np.asarray(voxel_size_nm, dtype=float), (3,))[0])
+    weights = depth_weights(eta, imaging.get("materials", ["epoxy", "Au"]), voltage,
+                            int(simulator.get("n_slices", 12)), dz)
+    return depth_weighted_stack(labels, weights, imaging.get("boundary", "periodic"))
 
 
 def _render_detector(labels, detector, voltage, voxel_size_nm, seed, imaging: Mapping, detectors) -> np.ndarray:
