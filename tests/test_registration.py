@@ -1,0 +1,191 @@
+"""Registration of FIB-SEM stacks: known subpixel drifts and voltage offsets are recovered.
+
+The synthetic slices are leveled-wave fields (periodic and band-limited) shifted exactly by a
+Fourier shift and only then rendered as grey values and cropped, so the true shift of every
+slice is known to machine precision and the crop makes the slices non-periodic like real ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from fibml.data.registration import (
+    apply_registration,
+    apply_shifts,
+    read_shifts_csv,
+    register_stacks,
+    slice_shifts,
+    stack_shift,
+    write_shifts_csv,
+)
+from fibml.synth.microstructure import level_cut, leveled_wave_field
+
+Z, BIG, SIZE = 12, 128, 96  # slices; the periodic field's side and the crop's side (pixels)
+MARGIN = (BIG - SIZE) // 2
+TOLERANCE = 0.5  # pixels, the issue's bound on the recovered shifts
+ROI = (24, 72, 24, 72)  # (y0, y1, x0, x1) in the cropped frame, chosen inside the fiducial
+FIDUCIAL = (16, 80, 16, 80)  # the region that shows the same structure in every slice and voltage
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """Two fields (the structure, a second structure for shine-through), a random-walk drift
+    per slice and a constant 4 kV offset, all in pixels."""
+    rng = np.random.default_rng(7)
+    fields = leveled_wave_field((48, BIG, BIG), 40.0, (1.0, 2.5, 2.5), n_waves=300, rng=7)[[0, 24]]
+    steps = rng.normal(0.0, 1.5, size=(Z, 2))
+    steps[0] = 0.0
+    return {
+        "fields": fields,
+        "xi": level_cut(fields[0], 0.35),
+        "drift": np.cumsum(steps, axis=0),
+        "offset": np.array([1.37, -2.61]),
+        "rng": rng,
+    }
+
+
+def _shifted(image: np.ndarray, shift) -> np.ndarray:
+    """Exact translation of a periodic band-limited image: content moves by +shift."""
+    return np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(image), shift)).real
+
+
+def _render(field: np.ndarray, xi: float) -> np.ndarray:
+    """Grey values of a BSE-like image: solid (field <= xi) bright, pores dark, smooth edges."""
+    return 0.2 + 0.6 / (1.0 + np.exp((field - xi) / 0.15))
+
+
+def _crop(image: np.ndarray) -> np.ndarray:
+    return image[..., MARGIN : MARGIN + SIZE, MARGIN : MARGIN + SIZE]
+
+
+def _voltage_stack(scene, offset=(0.0, 0.0), gain=1.0, blur=0.0, noise=0.05) -> np.ndarray:
+    """The drifting stack of one voltage: the same structure in every slice (a columnar sample,
+    so the drift is the only motion), moved by drift + offset, with its own contrast and noise."""
+    rng = scene["rng"]
+    slices = [_render(_shifted(scene["fields"][0], d + offset), scene["xi"]) for d in scene["drift"]]
+    stack = _crop(np.stack(slices)) * gain
+    if blur:
+        stack = ndimage.gaussian_filter(stack, (0, blur, blur))
+    return (stack + rng.normal(0.0, noise, stack.shape)).astype(np.float32)
+
+
+def _fiducial_stack(scene, offset=(0.0, 0.0), noise=0.05) -> np.ndarray:
+    """Inside FIDUCIAL the structure; outside it a new, unrelated structure in every slice
+    (standing in for shine-through), so only the fiducial holds what the slices share."""
+    rng = scene["rng"]
+    mask = np.zeros((BIG, BIG))
+    y0, y1, x0, x1 = (v + MARGIN for v in FIDUCIAL)
+    mask[y0:y1, x0:x1] = 1.0
+    mask = ndimage.gaussian_filter(mask, 3.0, mode="wrap")  # smooth, so it too shifts exactly
+    slices = []
+    for d in scene["drift"]:
+        shift = d + offset
+        other = np.roll(scene["fields"][1], tuple(rng.integers(0, BIG, 2)), axis=(0, 1))
+        m = np.clip(_shifted(mask, shift), 0.0, 1.0)
+        slices.append(m * _render(_shifted(scene["fields"][0], shift), scene["xi"])
+                      + (1.0 - m) * _render(_shifted(other, shift), scene["xi"]))
+    stack = _crop(np.stack(slices))
+    return (stack + rng.normal(0.0, noise, stack.shape)).astype(np.float32)
+
+
+def _max_error(found: np.ndarray, applied: np.ndarray) -> float:
+    """Largest error (pixels) of found shifts, which should undo the applied ones."""
+    return float(np.abs(np.asarray(found) + np.asarray(applied)).max())
+
+
+def test_slice_shifts_recover_a_random_walk_drift(scene):
+    stack = _voltage_stack(scene)
+    found = slice_shifts(stack, progress=False)
+    assert found.shape == (Z, 2) and found.dtype == np.float64
+    assert np.all(found[0] == 0.0)
+    assert _max_error(found, scene["drift"]) < TOLERANCE
+    assert _max_error(slice_shifts(stack, reference="first", progress=False), scene["drift"]) < TOLERANCE
+
+
+def test_slice_shifts_with_a_fiducial_roi_follow_the_drift(scene):
+    stack = _fiducial_stack(scene)
+    found = slice_shifts(stack, roi=ROI, progress=False)
+    assert _max_error(found, scene["drift"]) < TOLERANCE
+
+
+def test_register_stacks_recovers_drift_and_voltage_offset(scene):
+    s2 = _voltage_stack(scene)
+    s4 = _voltage_stack(scene, offset=scene["offset"], gain=1.4, blur=1.0, noise=0.08)  # another contrast
+    aligned, table = register_stacks({"bse_2kV": s2, 4: s4}, reference=2, progress=False)
+    assert set(aligned) == set(table) == {2.0, 4.0}
+    assert all(a.dtype == np.float32 and a.shape == s2.shape for a in aligned.values())
+    assert _max_error(table[2.0], scene["drift"]) < TOLERANCE
+    assert _max_error(table[4.0], scene["drift"] + scene["offset"]) < TOLERANCE
+    # every channel drifts on its own: the same answer within the tolerance
+    _, each = register_stacks({2: s2, 4: s4}, intra="each", progress=False)
+    assert _max_error(each[4.0], scene["drift"] + scene["offset"]) < TOLERANCE
+
+
+def test_stack_shift_with_a_fiducial_roi(scene):
+    s2 = _fiducial_stack(scene)
+    s4 = _fiducial_stack(scene, offset=scene["offset"])
+    drift = slice_shifts(s2, roi=ROI, progress=False)
+    aligned2, aligned4 = apply_shifts(s2, drift, progress=False), apply_shifts(s4, drift, progress=False)
+    assert _max_error(stack_shift(aligned4, aligned2, roi=ROI), scene["offset"]) < TOLERANCE
+    _, table = register_stacks({2: s2, 4: s4}, roi=ROI, intra_roi=ROI, progress=False)
+    assert _max_error(table[4.0], scene["drift"] + scene["offset"]) < TOLERANCE
+
+
+def test_shifts_csv_round_trip_reapplies_exactly(scene, tmp_path):
+    stacks = {2: _voltage_stack(scene), "se2_2kV": _voltage_stack(scene, offset=scene["offset"])}
+    aligned, table = register_stacks(stacks, progress=False)
+    path = write_shifts_csv(tmp_path / "shifts.csv", table)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "channel,slice,dy,dx" and len(lines) == 1 + 2 * Z
+    assert lines[1].startswith("bse_2kV,0,")
+    back = read_shifts_csv(path)
+    assert set(back) == {2.0, "se2_2kV"}
+    assert all(np.array_equal(back[c], table[c]) for c in table)
+    again = apply_registration(stacks, back, progress=False)
+    assert all(np.array_equal(again[c], aligned[c]) for c in aligned)
+
+
+def test_labels_stay_labels_when_shifted():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=(3, 32, 32)).astype(np.uint8)
+    shifted = apply_shifts(labels, [[0.0, 0.0], [2.4, -3.3], [-1.0, 1.0]], progress=False)
+    assert shifted.dtype == np.uint8 and set(np.unique(shifted)) <= {0, 1, 2}
+    assert np.array_equal(shifted[0], labels[0])
+    assert np.array_equal(shifted[1, 3:, :-4], labels[1, 1:-2, 3:-1])  # nearest pixel: (2, -3), edges filled
+    assert apply_shifts(labels.astype(bool), (0.6, 0.0), progress=False).dtype == bool
+    image = apply_shifts(labels.astype(np.float64), (0.5, 0.5), progress=False)
+    assert image.dtype == np.float32
+
+
+def test_mismatched_stacks_and_missing_reference_are_refused():
+    ok = np.zeros((12, 40, 40), np.float32)
+    with pytest.raises(ValueError, match=r"4kV has 10 slices, 2kV has 12"):
+        register_stacks({2: ok, 4: ok[:10]}, progress=False)
+    with pytest.raises(ValueError, match=r"1kV has 30 rows, 2kV has 40"):
+        register_stacks({1: ok[:, :30], 2: ok}, progress=False)
+    with pytest.raises(ValueError, match=r"reference channel 2kV is not among the stacks \(present: 1kV, 4kV\)"):
+        register_stacks({1: ok, 4: ok}, progress=False)
+    with pytest.raises(ValueError, match=r"same channel"):
+        register_stacks({2: ok, "bse_2kV": ok}, progress=False)
+    with pytest.raises(ValueError, match=r"shift table has no shifts for 4kV"):
+        apply_registration({2: ok, 4: ok}, {2: np.zeros((12, 2))}, progress=False)
+    with pytest.raises(ValueError, match=r"2kV has 12 slices, the shift table has 5"):
+        apply_registration({2: ok}, {2: np.zeros((5, 2))}, progress=False)
+
+
+def test_bad_shift_tables_write_nothing_and_bad_files_name_the_row(tmp_path):
+    path = tmp_path / "shifts.csv"
+    with pytest.raises(ValueError, match=r"shifts of 4kV hold NaN"):
+        write_shifts_csv(path, {2: np.zeros((3, 2)), 4: np.full((3, 2), np.nan)})
+    assert list(tmp_path.iterdir()) == []
+    path.write_text("channel,slice,dy,dx\nbse_2kV,0,0.0,0.0\nbse_2kV,1,abc,0.5\n")
+    with pytest.raises(ValueError, match=r"shifts.csv, row 1 \(line 3\): dy 'abc' is not a number"):
+        read_shifts_csv(path)
+    path.write_text("channel,slice,dy,dx\nbse_2kV,0,0.0,0.0\nbse_2kV,2,1.0,0.5\n")
+    with pytest.raises(ValueError, match=r"2kV lists slices up to 2 but not slice 1"):
+        read_shifts_csv(path)
+    path.write_text("channel,slice,dx\n")
+    with pytest.raises(ValueError, match=r"no column dy"):
+        read_shifts_csv(path)
