@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanSquaredError, R2Score
 
 from fibml.data.backscatter import FEATURE_SCALE, scale_features
+from fibml.tasks.optim import optimizer_config
 
 __all__ = ["BackscatterTask"]
 
@@ -102,11 +103,5 @@ class BackscatterTask(pl.LightningModule):
         return eta.reshape(shape)
 
     def configure_optimizers(self):
-        optimizer = self.hparams.optimizer(params=self.parameters())
-        if self.hparams.scheduler is None:
-            return optimizer
-        scheduler = self.hparams.scheduler(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.scheduler_monitor, "interval": "epoch"},
-        }
+        hp = self.hparams
+        return optimizer_config(hp.optimizer, hp.scheduler, hp.scheduler_monitor, self.parameters())

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from fibml.metrics.confusion import MeanDiceScore, MisplacedPixels, MisplacedSolidPixels
+from fibml.tasks.optim import optimizer_config
 
 __all__ = ["SegmentationTask"]
 
@@ -84,11 +85,5 @@ class SegmentationTask(pl.LightningModule):
         return self.parameters()
 
     def configure_optimizers(self):
-        optimizer = self.hparams.optimizer(params=self.parameter_groups())
-        if self.hparams.scheduler is None:
-            return optimizer
-        scheduler = self.hparams.scheduler(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.scheduler_monitor, "interval": "epoch"},
-        }
+        hp = self.hparams
+        return optimizer_config(hp.optimizer, hp.scheduler, hp.scheduler_monitor, self.parameter_groups())
