@@ -39,6 +39,7 @@ __all__ = [
     "channel_key",
     "channel_label",
     "read_dataset",
+    "read_manifest",
     "read_stack",
     "read_thickness_csv",
     "stack_name",
@@ -140,12 +141,7 @@ def read_dataset(
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset folder {folder} does not exist")
-    manifest = {}
-    if (folder / MANIFEST).is_file():
-        try:
-            manifest = json.loads((folder / MANIFEST).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{folder / MANIFEST}: not valid JSON ({err})") from err
+    manifest = read_manifest(folder)
 
     available = available_channels(folder)
     wanted = available if voltages is None else [channel_key(v) for v in voltages]
@@ -338,6 +334,17 @@ def _voltage_of(channel: Channel) -> float:
     """The beam voltage (kV) of a channel key (2, 2.0, "bse_2kV" or "se2_1kV")."""
     channel = channel_key(channel)
     return channel if isinstance(channel, float) else float(_CHANNEL_RE.match(channel).group(2))
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest.json of a dataset folder as a dict ({} when the folder has none)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
 
 
 def write_json(path: str | Path, content: Mapping) -> Path:

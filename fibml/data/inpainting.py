@@ -12,7 +12,6 @@ target (z, w) int64 = the full plane (0 = pore, 1 = solid).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from fibml.data.datamodules import per_device_batch_size
 from fibml.data.patches import split_z_blocks
 from fibml.data.transforms import Augmentation
-from fibml.io import LABELS, MANIFEST, read_stack
+from fibml.io import LABELS, read_manifest, read_stack
 from fibml.reconstruct.repositioning import slice_positions
 from fibml.synth.dataset import cached_dataset
 from fibml.synth.thickness import sample_thicknesses
@@ -153,7 +152,7 @@ class InpaintingDataModule(pl.LightningDataModule):
                 f"{path}: inpainting needs binary labels (0 = pore, 1 = solid), found the values {shown}"
             )
         self.labels = labels.astype(np.uint8, copy=False)
-        manifest = _manifest(path.parent / MANIFEST) if path.name == LABELS else {}
+        manifest = read_manifest(path.parent) if path.name == LABELS else {}
         voxel = manifest.get("voxel_size_nm") or tiff_voxel
         if voxel is not None:
             self.voxel_size_nm = tuple(float(v) for v in np.broadcast_to(np.asarray(voxel, dtype=float), (3,)))
@@ -290,12 +289,3 @@ def plane_patch(patch_size) -> tuple[int, int]:
     if len(patch) != 2 or min(patch) < 1:
         raise ValueError(f"patch_size must be an int or (z, w) of positive ints, got {patch_size}")
     return patch
-
-
-def _manifest(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err

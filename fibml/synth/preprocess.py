@@ -18,7 +18,6 @@ images, bse_<V>kV.tif: the source domain of the simulation CycleGAN), formula_et
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from fibml.io import LABELS, MANIFEST, read_stack, write_dataset
+from fibml.io import LABELS, read_manifest, read_stack, write_dataset
 from fibml.synth.imaging import _check_labels, _reflect_index
 from fibml.synth.physics import Material, backscatter_coefficient, get_material
 
@@ -222,7 +221,7 @@ def _read_source(source, voxel_size_nm) -> tuple[np.ndarray, tuple[float, float,
         if not (path / LABELS).is_file():
             raise FileNotFoundError(f"{path} has no {LABELS}: preprocessing needs the binary structure")
         labels, voxel = read_stack(path / LABELS)  # the image stacks are not needed: labels only
-        manifest = _manifest(path)
+        manifest = read_manifest(path)
         voxel = manifest.get("voxel_size_nm") or voxel
     elif path.is_file():
         labels, voxel = read_stack(path)
@@ -235,13 +234,3 @@ def _read_source(source, voxel_size_nm) -> tuple[np.ndarray, tuple[float, float,
         raise ValueError(f"{path}: no voxel size in the manifest or the TIFF: give voxel_size_nm")
     voxel = tuple(float(v) for v in np.broadcast_to(np.asarray(voxel, dtype=float), (3,)))
     return labels, voxel, manifest, path
-
-
-def _manifest(folder: Path) -> dict:
-    file = folder / MANIFEST
-    if not file.is_file():
-        return {}
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file}: not valid JSON ({err})") from err
