@@ -19,7 +19,9 @@ experiment=<name> and the --overrides), then two figures are measured in patches
   Lightning's self.log() is then a documented no-op ("to support testing the *_step methods
   without a Trainer"), so this is the computation of a real training step minus Lightning's
   logging bookkeeping and the host-to-device copy. --precision bf16-mixed wraps the forward and
-  the loss in torch.autocast(cuda, bfloat16), as Lightning's bf16-mixed does; CUDA only.
+  the loss in torch.autocast(cuda, bfloat16), as Lightning's bf16-mixed does; CUDA only. Where
+  the experiment augments whole batches on the device (data.batch_augmentation, the 2.5D ones),
+  that augmentation is timed as part of the step, and the loader figure has none.
   Warm-up steps run first (on CUDA full batches, with torch.cuda.synchronize around the timing;
   on CPU on the first 2 patches of a batch: that primes oneDNN, the thread pool and Adam's state,
   after which the first full step is as fast as the next, without costing a full 3D step, about
@@ -169,6 +171,7 @@ def step_throughput(
     warmup: int,
     steps: int,
     max_seconds: float = 0.0,
+    augment=None,
 ) -> tuple[float, float, int]:
     """Patches/s of forward + backward + optimizer step on batches already on the device, the
     peak memory of the steps in bytes (CUDA: allocated by torch; CPU: process RSS), and the number
@@ -184,6 +187,8 @@ def step_throughput(
     def step(i: int, patches: int | None = None) -> None:
         x, y = batches[i % len(batches)]
         x, y = x[:patches], y[:patches]
+        if augment is not None:  # the datamodule's batch augmentation on the device is part of the step
+            x, y = augment(x, y)
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             objective = module.training_step((x, y), i)
@@ -237,6 +242,7 @@ def measure(experiment: str, args, device: torch.device) -> dict:
         f"loader: {warmup} + {args.batches} batches"
     )
     loader_rate, kept = loader_throughput(loader, warmup, args.batches)
+    augment = datamodule.batch_augmentation
     del loader, datamodule  # stops persistent workers before the step is timed
     gc.collect()
 
@@ -249,7 +255,7 @@ def measure(experiment: str, args, device: torch.device) -> dict:
         + f", {n_params / 1e6:.2f} M parameters"
     )
     step_rate, peak, steps = step_throughput(
-        module, batches, device, args.precision, args.step_warmup, args.steps, args.max_seconds
+        module, batches, device, args.precision, args.step_warmup, args.steps, args.max_seconds, augment
     )
     del module, batches
     gc.collect()

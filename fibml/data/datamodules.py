@@ -39,6 +39,8 @@ class FIBSEMDataModule(pl.LightningDataModule):
     split: fractions train / val / test and the gap (slices) between blocks.
     normalize: percentiles (low, high) mapped to 0 and 1, per stack.
     augmentation: an albumentations transform for training patches (None = no augmentation).
+    batch_augmentation: a fibml.data.batch_augment.BatchAugmentation applied to whole training
+        batches on the device instead (cheaper for many channels: the 2.5D experiments use it).
     n_classes: the phases the model predicts; labels outside [0, n_classes) are refused at setup.
     """
 
@@ -55,6 +57,7 @@ class FIBSEMDataModule(pl.LightningDataModule):
         split: Mapping | None = None,
         normalize: Mapping | None = None,
         augmentation=None,
+        batch_augmentation=None,
         cache_dir: str | Path = "data",
         generator: Mapping | None = None,
         n_classes: int | None = None,
@@ -73,6 +76,7 @@ class FIBSEMDataModule(pl.LightningDataModule):
         self.split = dict(split or {})
         self.normalize = dict(normalize or {})
         self.augmentation = None if augmentation is None else Augmentation(augmentation)
+        self.batch_augmentation = batch_augmentation
         self.cache_dir, self.generator = Path(cache_dir), generator
         self.n_classes = None if n_classes is None else int(n_classes)
         self.batch_size_per_device = self.batch_size
@@ -129,6 +133,12 @@ class FIBSEMDataModule(pl.LightningDataModule):
 
     def val_dataloader(self):
         return self._loader("val", shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # training batches only, on the device they were just copied to
+        if self.batch_augmentation is not None and self.trainer is not None and self.trainer.training:
+            batch = self.batch_augmentation(*batch)
+        return batch
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -1,0 +1,120 @@
+"""BatchAugmentation: the loader's transforms applied to whole batches on the device."""
+
+import numpy as np
+import pytest
+import torch
+
+from fibml.data.batch_augment import BatchAugmentation
+from fibml.data.datamodules import FIBSEMDataModule
+
+OFF = {"hflip": 0.0, "vflip": 0.0, "rot90": 0.0, "crop": 0.0, "brightness_contrast": 0.0}
+
+
+def _batch(b=16, c=3, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (b, size, size), generator=g)
+    x = torch.rand(b, c, size, size, generator=g)
+    x[:, 0] = y.float()  # channel 0 carries the labels: geometry must move both alike
+    return x, y
+
+
+def test_off_is_identity():
+    x, y = _batch()
+    ax, ay = BatchAugmentation(**OFF)(x, y)
+    assert torch.equal(ax, x) and torch.equal(ay, y)
+
+
+@pytest.mark.parametrize("name, op", [
+    ("hflip", lambda a: np.flip(a, -1)),
+    ("vflip", lambda a: np.flip(a, -2)),
+])
+def test_flips_move_images_and_labels_together(name, op):
+    torch.manual_seed(1)
+    x, y = _batch()
+    ax, ay = BatchAugmentation(**(OFF | {name: 1.0}))(x, y)
+    assert np.array_equal(ax.numpy(), op(x.numpy())) and np.array_equal(ay.numpy(), op(y.numpy()))
+
+
+def test_rotations_are_quarter_turns_shared_by_labels():
+    torch.manual_seed(2)
+    x, y = _batch(b=64)
+    ax, ay = BatchAugmentation(**(OFF | {"rot90": 1.0}))(x, y)
+    turns = []
+    for i in range(len(x)):
+        k = [n for n in range(4) if np.array_equal(ax[i].numpy(), np.rot90(x[i].numpy(), n, (-2, -1)))]
+        assert k, f"sample {i} is not a quarter turn of its input"
+        assert np.array_equal(ay[i].numpy(), np.rot90(y[i].numpy(), k[0], (-2, -1)))
+        turns.append(k[0])
+    assert set(turns) == {0, 1, 2, 3}  # k uniform in 0..3, as albumentations draws it
+
+
+def test_probability_is_per_sample():
+    torch.manual_seed(3)
+    x, y = _batch(b=400)
+    ax, _ = BatchAugmentation(**(OFF | {"hflip": 0.3}))(x, y)
+    flipped = np.mean([not torch.equal(ax[i], x[i]) for i in range(len(x))])
+    assert 0.22 < flipped < 0.38
+
+
+def test_crop_zoom_of_a_ramp_is_exact_and_labels_follow():
+    """Bilinear resampling of a linear ramp is exact: the zoomed ramp spans exactly the kept window."""
+    torch.manual_seed(4)
+    size = 32
+    ramp = (torch.arange(size, dtype=torch.float32) + 0.5) / size  # pixel centres in (0, 1)
+    x = ramp.expand(8, 1, size, size).clone()
+    y = (ramp.expand(8, size, size) > 0.5).long()
+    ax, ay = BatchAugmentation(**(OFF | {"crop": 1.0, "crop_max": 0.25}))(x, y)
+    for i in range(8):
+        row = ax[i, 0, 0].numpy()
+        steps = np.diff(row)[1:-1]  # an edge pixel may sample the border (as cv2.resize does): clamped
+        assert np.allclose(steps, steps[0], atol=1e-5) and steps[0] < 1 / size + 1e-6  # zoomed in, still linear
+        assert 0.0 <= row[0] <= 0.25 + 1 / size and 0.75 - 1 / size <= row[-1] <= 1.0
+        assert np.allclose(ax[i, 0], ax[i, 0, :1])  # the ramp runs along x only
+        # nearest-neighbour labels switch where the zoomed ramp crosses 0.5
+        assert np.array_equal(ay[i, 0].numpy(), (row > 0.5).astype(np.int64)) or abs(row - 0.5).min() < steps[0]
+
+
+def test_crop_zoom_3d_shares_geometry_over_slices():
+    torch.manual_seed(5)
+    x = torch.rand(4, 2, 1, 16, 16).repeat(1, 1, 5, 1, 1)  # five equal slices
+    y = torch.randint(0, 3, (4, 1, 16, 16)).repeat(1, 5, 1, 1)
+    ax, ay = BatchAugmentation(**(OFF | {"crop": 1.0}))(x, y)
+    assert not torch.allclose(ax, x)
+    assert torch.allclose(ax, ax[:, :, :1].expand_as(ax)) and torch.equal(ay, ay[:, :1].expand_as(ay))
+
+
+def test_brightness_contrast_is_affine_and_clipped():
+    torch.manual_seed(6)
+    x, y = _batch(b=32)
+    ax, ay = BatchAugmentation(**(OFF | {"brightness_contrast": 1.0, "brightness": 0.1, "contrast": 0.1}))(x, y)
+    assert torch.equal(ay, y)
+    for i in range(len(x)):
+        inside = (ax[i] > 0) & (ax[i] < 1)
+        a, b = np.polyfit(x[i][inside].numpy(), ax[i][inside].numpy(), 1)
+        assert 0.9 - 1e-4 <= a <= 1.1 + 1e-4 and -0.1 - 1e-4 <= b <= 0.1 + 1e-4
+        assert np.allclose(ax[i][inside].numpy(), a * x[i][inside].numpy() + b, atol=1e-5)
+    assert ax.min() >= 0 and ax.max() <= 1
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="hflip"):
+        BatchAugmentation(hflip=1.5)
+    with pytest.raises(ValueError, match="crop_max"):
+        BatchAugmentation(crop_max=0.6)
+    with pytest.raises(ValueError, match="shape"):
+        BatchAugmentation()(torch.zeros(2, 3, 8))
+
+
+def test_datamodule_augments_training_batches_only():
+    dm = FIBSEMDataModule(data_dir="unused", batch_augmentation=BatchAugmentation(**(OFF | {"hflip": 1.0})))
+    x, y = _batch(b=2)
+
+    class Trainer:
+        training = True
+
+    dm.trainer = Trainer()
+    ax, ay = dm.on_after_batch_transfer((x, y), 0)
+    assert torch.equal(ax, x.flip(-1)) and torch.equal(ay, y.flip(-1))
+    Trainer.training = False  # validation / test / predict batches stay as they are
+    ax, ay = dm.on_after_batch_transfer((x, y), 0)
+    assert torch.equal(ax, x) and torch.equal(ay, y)
