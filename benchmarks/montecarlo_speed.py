@@ -61,6 +61,16 @@ def main(argv: list[str] | None = None) -> dict:
           f"device {device} ({hardware}), torch threads {torch.get_num_threads()}")
 
     rates = {}
+    if device.type == "cuda" or args.compile:
+        # untimed first run per voltage: CUDA context, allocator, and torch.compile's compilation
+        started = time.perf_counter()
+        for voltage in args.voltages:
+            simulate_bse_stack(labels, voltage, VOXEL_NM, electrons_per_pixel=1, slices=[0], device=device,
+                               batch_electrons=args.batch_electrons, compile=args.compile, progress=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        print(f"  warm-up (not timed{', compilation included' if args.compile else ''}): "
+              f"{time.perf_counter() - started:.1f} s")
     for voltage in args.voltages:
         started = time.perf_counter()
         image = simulate_bse_stack(labels, voltage, VOXEL_NM, electrons_per_pixel=args.electrons_per_pixel,
