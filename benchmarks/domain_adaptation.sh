@@ -11,6 +11,7 @@
 #
 #   bash benchmarks/domain_adaptation.sh <out_dir> [GAN_ARGS="..."] [SEG_ARGS="..."]
 #   GAN_ARGS="trainer=gpu" SEG_ARGS="trainer=gpu" bash benchmarks/domain_adaptation.sh /tmp/da   # paper settings on a GPU
+# PARALLEL=1 trains the two segmentations at once.
 # Extra Hydra overrides for the CycleGAN run go in GAN_ARGS, for both segmentation runs in SEG_ARGS,
 # for the datasets in SYNTH_ARGS (e.g. "shape=[64,96,96]").
 set -euo pipefail
@@ -51,11 +52,16 @@ print(table)
 EOF
 stamp "distances"
 
-for name in source adapted; do
-  "$PY" "$REPO/train.py" experiment=single_voltage "data.voltages=[2]" data.data_dir="$OUT/$name" evaluate=false \
-    logger=csv hydra.run.dir="$OUT/seg_$name" ${SEG_ARGS:-}
-  stamp "segmentation trained on $name"
+seg() {  # the segmentation on dataset $1
+  "$PY" "$REPO/train.py" experiment=single_voltage "data.voltages=[2]" data.data_dir="$OUT/$1" evaluate=false \
+    logger=csv hydra.run.dir="$OUT/seg_$1" ${SEG_ARGS:-} > "$OUT/seg_$1.log" 2>&1 || { echo "FAILED: see $OUT/seg_$1.log"; return 1; }
+  stamp "segmentation trained on $1"
+}
+pids=()
+for name in source adapted; do  # PARALLEL=1: both at once (one GPU holds both)
+  if [[ "${PARALLEL:-0}" == 1 ]]; then seg "$name" & pids+=($!); else seg "$name"; fi
 done
+for pid in "${pids[@]}"; do wait "$pid"; done
 "$PY" "$REPO/evaluate.py" "ckpt_path=[$OUT/seg_source,$OUT/seg_adapted]" data_dir="$OUT/target" split=all \
   save_predictions=false hydra.run.dir="$OUT/scores"
 stamp "done"

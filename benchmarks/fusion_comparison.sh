@@ -3,7 +3,9 @@
 # ML-singleV at 1, 2 and 4 kV, early, intermediate and late fusion (the paper's procedure:
 # branches = the single-voltage models, then the ensemble), all scored with k-means (k = 3) on
 # the same held-out synthetic volume (another seed of the default generator, every slice).
-# Volumes: seed 0 trains the networks, seed 1 scores them all.
+# Volumes: seed 0 trains the networks, seed 1 scores them all, seed 2 fits the late-fusion
+# ensemble (stacking: the frozen branches are overconfident on their own training volume, the
+# 4 kV one most of all, so an ensemble fitted there over-weights them; STACKING=0 fits it on seed 0).
 #
 #   bash benchmarks/fusion_comparison.sh [out_dir] [hydra overrides for every training ...]
 #   PARALLEL=1 bash benchmarks/fusion_comparison.sh logs/fusion trainer=gpu trainer.max_time=00:00:05:00
@@ -23,10 +25,15 @@ start=$(date +%s)
 
 "$PY" -m fibml.synth out="$OUT/data/train" seed=0 overwrite=true ${SYNTH_ARGS:-}
 "$PY" -m fibml.synth out="$OUT/data/heldout" seed=1 overwrite=true ${SYNTH_ARGS:-}
+ENSEMBLE_DATA="$OUT/data/train"
+if [[ "${STACKING:-1}" == 1 ]]; then
+  ENSEMBLE_DATA="$OUT/data/ensemble"
+  "$PY" -m fibml.synth out="$ENSEMBLE_DATA" seed=2 overwrite=true ${SYNTH_ARGS:-}
+fi
 
-train() {  # name, overrides...
+train() {  # name, overrides... (the training volume: $DATA, default seed 0)
   local name=$1; shift
-  "$PY" "$REPO/train.py" "$@" data.data_dir="$OUT/data/train" evaluate=false logger=csv \
+  "$PY" "$REPO/train.py" "$@" data.data_dir="${DATA:-$OUT/data/train}" evaluate=false logger=csv \
     hydra.run.dir="$OUT/$name" "${EXTRA[@]}" > "$OUT/$name.log" 2>&1 \
     && echo "trained $name ($(( $(date +%s) - start )) s)" || { echo "FAILED $name: see $OUT/$name.log"; return 1; }
 }
@@ -47,8 +54,8 @@ done
 for pid in "${pids[@]}"; do wait "$pid"; done
 
 # late fusion as the paper trains it: the three single-voltage nets, frozen, and the ensemble
-# on the same training volume
-train late_fusion experiment=late_fusion$V \
+# (on the seed-2 volume with STACKING=1, the default)
+DATA="$ENSEMBLE_DATA" train late_fusion experiment=late_fusion$V \
   "model.branch_ckpts=[$OUT/single_1kV,$OUT/single_2kV,$OUT/single_4kV]" trainer.max_epochs=20
 
 "$PY" "$REPO/evaluate.py" hydra.run.dir="$OUT/comparison" data_dir="$OUT/data/heldout" split=all \

@@ -11,7 +11,7 @@
 #
 #   bash benchmarks/ml_simulation.sh <out_dir>
 #   GAN_ARGS="trainer=gpu" SEG_ARGS="trainer=gpu" bash benchmarks/ml_simulation.sh /tmp/mlsim   # on a GPU
-# SYNTH_ARGS go to both structures (e.g. "shape=[64,96,96] structure.coarse_wavelength_nm=80
+# PARALLEL=1 trains the two segmentations at once. SYNTH_ARGS go to both structures (e.g. "shape=[64,96,96] structure.coarse_wavelength_nm=80
 # structure.fine_wavelength_nm=24"), MC_ARGS to the Monte Carlo runs (e.g. simulator.electrons_per_pixel=10).
 set -euo pipefail
 OUT=${1:?usage: ml_simulation.sh <out_dir>}
@@ -39,11 +39,16 @@ stamp "CycleGAN trained"
   overwrite=true hydra.run.dir="$OUT/translate"
 stamp "ML simulation of seed 0"
 
-for name in sml_0 mc_0; do
-  "$PY" "$REPO/train.py" experiment=single_voltage "data.voltages=[2]" data.data_dir="$OUT/$name" evaluate=false \
-    logger=csv hydra.run.dir="$OUT/seg_$name" ${SEG_ARGS:-}
-  stamp "segmentation trained on $name"
+seg() {  # the segmentation on dataset $1
+  "$PY" "$REPO/train.py" experiment=single_voltage "data.voltages=[2]" data.data_dir="$OUT/$1" evaluate=false \
+    logger=csv hydra.run.dir="$OUT/seg_$1" ${SEG_ARGS:-} > "$OUT/seg_$1.log" 2>&1 || { echo "FAILED: see $OUT/seg_$1.log"; return 1; }
+  stamp "segmentation trained on $1"
+}
+pids=()
+for name in sml_0 mc_0; do  # PARALLEL=1: both at once (one GPU holds both)
+  if [[ "${PARALLEL:-0}" == 1 ]]; then seg "$name" & pids+=($!); else seg "$name"; fi
 done
+for pid in "${pids[@]}"; do wait "$pid"; done
 "$PY" "$REPO/evaluate.py" "ckpt_path=[$OUT/seg_sml_0,$OUT/seg_mc_0]" data_dir="$OUT/mc_1" split=all \
   hydra.run.dir="$OUT/scores"
 "$PY" - "$OUT" <<'EOF'
