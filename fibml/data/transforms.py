@@ -5,21 +5,49 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["Augmentation", "normalize_channels", "normalize_stack"]
+__all__ = [
+    "Augmentation",
+    "normalize_channels",
+    "normalize_stack",
+    "percentile_range",
+    "percentile_step",
+    "scale_to_unit",
+]
 
 
 def normalize_stack(stack: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
     """Scale a (z, y, x) stack to [0, 1] between its low and high percentiles (clipped).
 
     Per stack, because detector gain and brightness differ between voltages, sessions and
-    microscopes; synthetic and real data then share one intensity scale.
+    microscopes; synthetic and real data then share one intensity scale. Stacks too large for
+    memory get the same scaling slice by slice from fibml.io.stack_percentiles and
+    fibml.inference.NormalizedStack, which share these helpers.
     """
     stack = np.asarray(stack, dtype=np.float32)
-    step = max(1, stack.shape[0] // 64)  # percentiles of a sub-sample: large stacks stay fast
-    lo, hi = np.percentile(stack[::step], [low, high])
+    lo, hi = percentile_range(stack[:: percentile_step(stack.shape[0])], low, high)
+    return scale_to_unit(stack, lo, hi)
+
+
+def percentile_step(n_slices: int) -> int:
+    """Every how many slices the percentiles are sampled: large stacks stay fast."""
+    return max(1, n_slices // 64)
+
+
+def percentile_range(sample, low: float = 0.5, high: float = 99.5, what: str = "stack") -> tuple:
+    """The (low, high) percentiles of a sample of a stack's pixels (taken as float32).
+
+    ValueError when they coincide (no contrast). The values come back as NumPy float64
+    scalars; keep them so: scale_to_unit then computes exactly what normalize_stack does.
+    """
+    lo, hi = np.percentile(np.asarray(sample, dtype=np.float32), [low, high])
     if hi <= lo:
-        raise ValueError(f"stack has no contrast between its {low} and {high} percentiles ({lo} .. {hi})")
-    return np.clip((stack - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+        raise ValueError(f"{what} has no contrast between its {low} and {high} percentiles ({lo} .. {hi})")
+    return lo, hi
+
+
+def scale_to_unit(array, lo, hi) -> np.ndarray:
+    """Map lo..hi to 0..1, clipped, as float32 (any part of a stack: one slice, a crop)."""
+    return np.clip((np.asarray(array, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
 def normalize_channels(stacks, low: float = 0.5, high: float = 99.5) -> np.ndarray:
