@@ -16,8 +16,8 @@ import numpy as np  # noqa: E402
 from fibml.io import atomic_path  # noqa: E402
 
 __all__ = [
-    "backscatter_report", "markdown_table", "save_comparison", "save_importances", "save_sections", "save_tpcf",
-    "write_table",
+    "backscatter_report", "markdown_table", "prediction_report", "save_comparison", "save_importances",
+    "save_sections", "save_tpcf", "write_table",
 ]
 
 
@@ -297,3 +297,80 @@ def _save_backscatter_figure(path, model, Z, voltage, thickness, eta, predicted,
     for ax in (left, right):
         ax.tick_params(labelsize=7)
     return _save_figure(fig, path)
+
+
+def prediction_report(out_dir: str | Path, segmentation_path: str | Path, image, voxel_size_nm, info: Mapping,
+                      crop: int = 256) -> dict:
+    """predict.py's report of a segmented stack of any size, in out_dir: sections.png (xy, xz,
+    yz through the centre: the first input channel as the net saw it, and the segmentation) and
+    report.md (what was predicted, phase fractions, speed, and the anisotropy errors e_TPCF,
+    e_LPF, e_D of the solid in a central crop of at most `crop` voxels per axis, since they need
+    no ground truth). Reads only the sections and the crop, never the whole stack.
+    image: a slice source of the input ((z, y, x) .shape and [z]); info: prediction.json's
+    fields so far. Returns the fields to add to it."""
+    from fibml.io import open_stack
+    from fibml.workflows import anisotropy_columns
+
+    out_dir = Path(out_dir)
+    voxel = tuple(float(v) for v in voxel_size_nm) if voxel_size_nm else (1.0, 1.0, 1.0)
+    segmentation = open_stack(segmentation_path)
+    try:
+        save_sections(out_dir / "sections.png", _CentralSections(image), _CentralSections(segmentation),
+                      voxel_size_nm=voxel, title=f"{Path(segmentation_path).name}, {segmentation.shape} voxels")
+        window = [_centred(n, crop) for n in segmentation.shape]
+        block = np.stack([_read(segmentation, z, window[1], window[2]) for z in range(window[0].start, window[0].stop)])
+    finally:
+        segmentation.close()
+    anisotropy = {k: v for k, v in anisotropy_columns(block, voxel_size_nm).items() if k != "curves"}
+    fractions = list(info.get("class_fractions") or [])
+    rows = [
+        ("checkpoint", info.get("checkpoint")),
+        ("input", ", ".join(map(str, info.get("input") or []))),
+        ("voltages", ", ".join(f"{v:g} kV" if isinstance(v, float) else str(v) for v in info.get("voltages_kV", []))),
+        ("shape (z, y, x)", " x ".join(map(str, info.get("shape", [])))),
+        ("voxel size (nm)", " x ".join(f"{v:g}" for v in voxel) if voxel_size_nm else "not stored"),
+        ("registration", "none" if not info.get("registration") else
+         f"max shift {info['registration']['max_shift_px']:.2f} px (shifts.csv)"),
+        *((f"fraction of class {c}" + (" (solid)" if c == 1 else ""), f"{f:.4f}") for c, f in enumerate(fractions)),
+        (f"anisotropy errors of the solid, central crop {' x '.join(map(str, block.shape))}",
+         ", ".join(f"{k} {v:.4f}" for k, v in anisotropy.items())),
+        ("speed", f"{info.get('slices_per_second', float('nan')):.3g} slices/s "
+                  + (f"({info.get('chunks_computed')} of {info.get('chunks')} chunks computed in this run)"
+                     if info.get("chunks_computed") else "(an earlier run: this one found the result finished)")),
+    ]
+    text = "# Prediction report\n\n| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+    text += "\n![sections](sections.png)\n"
+    with atomic_path(out_dir / "report.md") as tmp:
+        tmp.write_text(text)
+    return {"anisotropy": anisotropy, "anisotropy_crop": list(block.shape), "report": str(out_dir / "report.md"),
+            "sections": str(out_dir / "sections.png")}
+
+
+class _CentralSections:
+    """The xy, xz and yz sections through the centre of a (z, y, x) slice source, read once,
+    indexed like the array (save_sections asks for [z, :, :], [:, y, :] and [:, :, x])."""
+
+    def __init__(self, source):
+        self.shape = tuple(int(n) for n in source.shape)
+        z, y, x = (n // 2 for n in self.shape)
+        self.xy = np.asarray(source[z])
+        full = slice(None)
+        self.xz = np.stack([_read(source, i, slice(y, y + 1), full)[0] for i in range(self.shape[0])])
+        self.yz = np.stack([_read(source, i, full, slice(x, x + 1))[:, 0] for i in range(self.shape[0])])
+
+    def __getitem__(self, cut) -> np.ndarray:
+        if isinstance(cut[0], int):
+            return self.xy
+        return self.xz if isinstance(cut[1], int) else self.yz
+
+
+def _read(source, z: int, ys: slice, xs: slice) -> np.ndarray:
+    """Rows ys, columns xs of slice z: only those rows where the source can (LazyStack.region)."""
+    if hasattr(source, "region"):
+        return np.asarray(source.region(z, ys, xs))
+    return np.asarray(source[z])[ys, xs]
+
+
+def _centred(n: int, size: int) -> slice:
+    start = max(0, (n - size) // 2)
+    return slice(start, min(n, start + size))

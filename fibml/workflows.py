@@ -5,12 +5,13 @@ The scripts only compose the config and call these; tests call them directly.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,17 @@ from fibml.callbacks import CONFIG_KEY, LOGGERS_KEY, EmbedRunConfig
 from fibml.channels import channel_key, channel_label
 from fibml.config import register_resolvers
 from fibml.data.transforms import normalize_channels
-from fibml.inference import predict_volume, resolve_device
-from fibml.io import LABELS, read_dataset, read_stack, write_dataset, write_json, write_stack
+from fibml.inference import PredictorFactory, predict_volume, resolve_device
+from fibml.io import (
+    LABELS,
+    available_channels,
+    read_dataset,
+    read_stack,
+    stack_name,
+    write_dataset,
+    write_json,
+    write_stack,
+)
 from fibml.metrics.confusion import segmentation_scores
 from fibml.report import (
     save_comparison,
@@ -523,58 +533,252 @@ def _slug(name: str) -> str:
 
 
 def predict(cfg: DictConfig) -> Path:
-    """Segment a whole stack (dataset folder or TIFF) and write segmentation.tif with its voxel size
-    (task=translate: translate a dataset with a CycleGAN instead, see translate)."""
+    """Segment whole stacks of any size: python predict.py ckpt_path=<ckpt or run> input=<dataset
+    folder, .tif, or a list of .tif per voltage> output=<folder> (task=translate: translate a
+    dataset with a CycleGAN instead, see translate).
+
+    Steps: check everything (inputs against the checkpoint, output folder) -> registration
+    (registration.*, optional: shifts.csv) -> chunked sliding-window segmentation straight to
+    disk (fibml.inference.predict_to_disk: bounded memory, resumable, several GPUs) ->
+    segmentation.tif (+ probability_class<c>.tif) -> optional reconstruction of slices of
+    varying thickness -> prediction.json, report.md and sections.png. The inputs are read lazily
+    (fibml.io.LazyStack), registered and normalised slice by slice, so a stack larger than
+    memory is never held whole; only reconstruct.enabled=true loads the segmentation."""
     if cfg.get("task", "segment") == "translate":
         return translate(cfg)
     if cfg.get("task", "segment") != "segment":
         raise ValueError(f"task must be 'segment' or 'translate', got {cfg.task!r}")
+    from fibml.data.registration import (
+        ShiftedStack,
+        read_shifts_csv,
+        registration_shifts,
+        write_shifts_csv,
+    )
+    from fibml.inference import NormalizedStack, predict_to_disk
+    from fibml.io import stack_percentiles
+    from fibml.report import prediction_report
+
     checkpoint = resolve_checkpoint(cfg.ckpt_path)
     model, run_cfg = load_model(checkpoint)
+    if not hasattr(model, "probabilities") or "n_classes" not in run_cfg.model:
+        raise ValueError(f"{checkpoint} holds a {type(model).__name__}: predict.py segments with a segmentation "
+                         "model (task=translate runs a CycleGAN)")
     settings = _data_settings(run_cfg.data)
     voltages = [channel_key(v) for v in run_cfg.data.voltages]
-    source = Path(cfg.input)
+    stacks, voxel, source = _open_inputs(cfg.input, voltages, checkpoint)
+    voxel = tuple(float(v) for v in cfg.voxel_size_nm) if cfg.get("voxel_size_nm") else voxel
+    reconstruct = cfg.get("reconstruct") or {}
+    if reconstruct.get("enabled") and reconstruct.get("method") == "ml" and not reconstruct.get("inpainting_ckpt"):
+        raise ValueError("reconstruct.method=ml needs reconstruct.inpainting_ckpt=<run of experiment=inpainting>")
+    out = Path(cfg.output)
+    started = time.perf_counter()
+
+    registration = cfg.get("registration") or {}
+    table = None
+    if registration.get("shifts_csv"):
+        table = read_shifts_csv(registration.shifts_csv)
+    elif registration.get("enabled", False):
+        table = registration_shifts(
+            stacks, reference=registration.get("reference", 2.0), roi=registration.get("roi"),
+            intra=registration.get("intra", True), inter=registration.get("inter", True),
+            intra_roi=registration.get("intra_roi"), upsample_factor=registration.get("upsample_factor", 20),
+            max_slices=registration.get("max_slices", 50),
+        )
+    sources = {c: stack if table is None else ShiftedStack(stack, _channel_shifts(table, c, stack))
+               for c, stack in stacks.items()}
+    normalize = dict(run_cfg.data.get("normalize") or {})
+    channels = [NormalizedStack(sources[c], *stack_percentiles(stacks[c], **normalize)) for c in voltages]
+    z = _z_range(cfg.get("z_range"), len(stacks[voltages[0]]))
+    if z != range(len(stacks[voltages[0]])):
+        channels = [_SliceRange(c, z) for c in channels]
+
+    inference = cfg.inference
+    devices = _inference_devices(inference.get("devices"))
+    device = resolve_device(inference.get("device", "auto"))
+    fingerprint = {
+        "checkpoint": _file_identity(checkpoint),
+        "input": [_file_identity(stack.path) for stack in stacks.values()],
+        "voxel_size_nm": list(voxel) if voxel else None,
+        "normalize": normalize,
+        "registration": None if table is None else {str(c): np.round(t, 4).tolist() for c, t in table.items()},
+        "z_range": [z.start, z.stop],
+        "precision": str(inference.get("precision", "32")),
+    }
+    predictor = CheckpointPredictor(checkpoint, str(inference.get("precision", "32")))
+    summary = predict_to_disk(
+        predictor if devices else predictor.bind(model, device), channels, out, **settings,
+        overlap=inference.get("overlap", 0.5), chunk_slices=inference.get("chunk_slices", 16),
+        block=inference.get("block"), slices_per_batch=inference.get("slices_per_batch"),
+        sw_batch_size=inference.get("sw_batch_size", 32), device=device, devices=devices,
+        n_classes=int(run_cfg.model.n_classes), save_probabilities=bool(cfg.get("save_probabilities", False)),
+        voxel_size_nm=voxel, fingerprint=fingerprint, overwrite=bool(cfg.get("overwrite", False)),
+    )
+    if table is not None:
+        write_shifts_csv(out / "shifts.csv", table)
+
+    reconstruction = None
+    if reconstruct.get("enabled", False):
+        segmentation, _ = read_stack(out / "segmentation.tif")
+        raw = np.stack([sources[voltages[0]][i] for i in z])
+        reconstruction = _reconstruct(reconstruct, segmentation, raw, voxel, source, inference)
+        write_stack(out / "reconstruction.tif", reconstruction["volume"], reconstruction["voxel_size_nm"])
+        del segmentation, raw
+
+    info = {
+        "checkpoint": str(checkpoint),
+        "input": [str(stack.path) for stack in stacks.values()],
+        "voltages_kV": voltages,
+        "voxel_size_nm": list(voxel) if voxel else None,
+        "shape": list(summary["shape"]),
+        "z_range": [z.start, z.stop],
+        "class_fractions": summary["class_fractions"],
+        "chunks": summary["n_chunks"],
+        "chunks_computed": summary["chunks_computed"],
+        "slices_per_second": _earlier_speed(out, summary),
+        "registration": None if table is None else {
+            "shifts_csv": str(out / "shifts.csv"),
+            "max_shift_px": float(max(np.abs(t).max() for t in table.values())),
+        },
+        "seconds": round(time.perf_counter() - started, 3),
+    } | ({} if reconstruction is None else {"reconstruction": reconstruction["info"]
+                                             | {"ruler_band_rows": reconstruction["band_rows"]}})
+    info |= prediction_report(out, out / "segmentation.tif", channels[0], voxel, info,
+                              crop=int(cfg.get("report_crop", 256)))
+    write_json(out / "prediction.json", info)
+    fractions = summary["class_fractions"]
+    print(f"wrote {out / 'segmentation.tif'} ({summary['shape'][0]} slices, solid fraction "
+          f"{fractions[1] if len(fractions) > 1 else float('nan'):.4f}, {summary['slices_per_second']:.2f} slices/s)")
+    return out
+
+
+class CheckpointPredictor(PredictorFactory):
+    """The class probabilities of a checkpoint's model on a device, for predict_to_disk: built in
+    each worker process from the checkpoint path (several devices), or bound to a model already
+    loaded (one device). precision "bf16" runs the net under CUDA autocast in bfloat16."""
+
+    def __init__(self, checkpoint: str | Path, precision: str = "32"):
+        if precision not in ("32", "bf16"):
+            raise ValueError(f"inference.precision must be 32 or bf16, got {precision!r}")
+        self.checkpoint, self.precision = str(checkpoint), precision
+
+    def __call__(self, device) -> Callable:
+        return self.bind(load_model(self.checkpoint)[0], device)
+
+    def bind(self, model, device) -> Callable:
+        device = torch.device(device)
+        model = model.eval().to(device)
+        if self.precision == "32":
+            return model.probabilities
+        if device.type != "cuda":
+            raise ValueError("inference.precision=bf16 needs a CUDA device")
+
+        def probabilities(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return model.probabilities(x).float()
+
+        return probabilities
+
+
+class _SliceRange:
+    """Slices z of a slice source (predict.py z_range=[start, stop]): a sub-volume."""
+
+    def __init__(self, source, z: range):
+        self.source, self.z = source, z
+        self.shape = (len(z), *source.shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.source[self.z[i]]
+
+
+def _open_inputs(spec, voltages: list, checkpoint: Path) -> tuple[dict, tuple | None, Path]:
+    """The model's input stacks, opened lazily and checked: {channel: LazyStack}, voxel size and
+    the input path (a dataset folder, one TIFF, or a list of TIFFs in the model's voltage order)."""
+    from fibml.io import _shape_mismatch, open_dataset_stacks, open_stack
+
+    wanted = ", ".join(map(channel_label, voltages))
+    if isinstance(spec, (list, tuple)) or OmegaConf.is_list(spec):
+        paths = [Path(p) for p in spec]
+        if len(paths) != len(voltages):
+            raise ValueError(f"input lists {len(paths)} TIFF files, but {checkpoint} was trained on {wanted}: "
+                             f"give one stack per voltage, in that order")
+        stacks = {c: open_stack(p) for c, p in zip(voltages, paths)}
+        first = stacks[voltages[0]]
+        for stack in stacks.values():
+            if stack.shape != first.shape:
+                raise ValueError(_shape_mismatch(stack.path, stack.shape, first.path, first.shape))
+        voxel = next((s.voxel_size_nm for s in stacks.values() if s.voxel_size_nm), None)
+        return stacks, voxel, paths[0].parent
+    source = Path(spec)
     if source.is_dir():
-        dataset = read_dataset(source, voltages)
-        stacks, voxel = [dataset.images[v] for v in voltages], dataset.voxel_size_nm
-    elif source.is_file():
+        missing = [c for c in voltages if not (source / stack_name(c)).is_file()]
+        if missing:  # the checkpoint's model needs other voltages (or channels) than the folder holds
+            raise FileNotFoundError(
+                f"{source} has no {', '.join(stack_name(c) for c in missing)}, but {checkpoint} was trained on "
+                f"{wanted} (found: {', '.join(map(stack_name, available_channels(source))) or 'no stack'})"
+            )
+        stacks, voxel = open_dataset_stacks(source, voltages)
+        return {c: stacks[c] for c in voltages}, voxel, source
+    if source.is_file():
         if len(voltages) != 1:
             raise ValueError(
                 f"{source}: this model needs BSE stacks at {voltages} kV; give a dataset folder "
                 f"holding bse_<V>kV.tif for each, not a single TIFF"
             )
-        stack, voxel = read_stack(source)
-        stacks = [stack]
-    else:
-        raise FileNotFoundError(f"input {source} is neither a dataset folder nor a TIFF file")
-    voxel = cfg.get("voxel_size_nm") or voxel
-    images = normalize_channels(stacks, **run_cfg.data.get("normalize", {}))
-    probabilities = _predict(model, images, settings, cfg.inference)
-    segmentation = probabilities.argmax(0).astype(np.uint8)
+        stack = open_stack(source)
+        return {voltages[0]: stack}, stack.voxel_size_nm, source
+    raise FileNotFoundError(f"input {source} is neither a dataset folder nor a TIFF file")
 
-    out = Path(cfg.output)
-    reconstruction = _reconstruct(cfg.get("reconstruct") or {}, segmentation, stacks[0], voxel, source, cfg.inference)
-    if reconstruction is not None:
-        segmentation = segmentation[:, reconstruction["band_rows"] :]  # the ruler band is not sample
-        write_stack(out / "reconstruction.tif", reconstruction["volume"], reconstruction["voxel_size_nm"])
-    write_stack(out / "segmentation.tif", segmentation, voxel)
-    if cfg.get("save_probabilities", False):
-        for c in range(probabilities.shape[0]):
-            write_stack(out / f"probability_class{c}.tif", probabilities[c], voxel)
-    write_json(
-        out / "prediction.json",
-        {
-            "checkpoint": str(checkpoint),
-            "input": str(source),
-            "voltages_kV": voltages,
-            "voxel_size_nm": list(voxel) if voxel else None,
-            "shape": list(segmentation.shape),
-            "class_fractions": np.bincount(segmentation.ravel(), minlength=probabilities.shape[0]).astype(float)
-            / segmentation.size,
-        } | ({} if reconstruction is None else {"reconstruction": reconstruction["info"]}),
-    )
-    print(f"wrote {out / 'segmentation.tif'} ({segmentation.shape[0]} slices, solid fraction {(segmentation == 1).mean():.4f})")
-    return out
+
+def _earlier_speed(out: Path, summary: Mapping) -> float:
+    """Slices/s of the prediction: of this run, or, when it found everything finished, of the
+    run that computed it (prediction.json)."""
+    if summary["chunks_computed"] or not (out / "prediction.json").is_file():
+        return summary["slices_per_second"]
+    try:
+        return float(json.loads((out / "prediction.json").read_text()).get("slices_per_second"))
+    except (ValueError, TypeError):
+        return summary["slices_per_second"]
+
+
+def _channel_shifts(table, channel, stack) -> np.ndarray:
+    key = channel_key(channel)
+    shifts = {channel_key(c): t for c, t in table.items()}.get(key)
+    if shifts is None:
+        raise ValueError(f"the shift table has no shifts for {channel_label(key)}")
+    if len(shifts) != len(stack):
+        raise ValueError(f"{stack.path} has {len(stack)} slices, the shift table has {len(shifts)} for it")
+    return shifts
+
+
+def _z_range(value, n_slices: int) -> range:
+    if value is None:
+        return range(n_slices)
+    start, stop = (int(v) for v in value)
+    if not 0 <= start < stop <= n_slices:
+        raise ValueError(f"z_range={[start, stop]} must satisfy 0 <= start < stop <= {n_slices} (the stack's slices)")
+    return range(start, stop)
+
+
+def _inference_devices(value) -> list[str] | None:
+    """inference.devices: null (one device: inference.device), "all" (every visible GPU), or a list."""
+    if value is None:
+        return None
+    if value == "all":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError("inference.devices=all found no GPU")
+        return [f"cuda:{i}" for i in range(count)] if count > 1 else None
+    devices = [str(d) for d in value]
+    return devices if len(devices) > 1 else None
+
+
+def _file_identity(path) -> dict:
+    """What identifies a file's content for resuming: path, size, modification time."""
+    stat = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def translate(cfg: DictConfig) -> Path:

@@ -44,10 +44,12 @@ from fibml.io import atomic_path
 __all__ = [
     "Roi",
     "ShiftTable",
+    "ShiftedStack",
     "apply_registration",
     "apply_shifts",
     "read_shifts_csv",
     "register_stacks",
+    "registration_shifts",
     "slice_shifts",
     "stack_shift",
     "write_shifts_csv",
@@ -207,6 +209,29 @@ def register_stacks(
     Raises ValueError naming the channels when the reference is missing or the stacks differ
     in shape.
     """
+    table = registration_shifts(stacks, reference, roi, intra, inter, intra_roi, upsample_factor, max_slices,
+                                normalization, progress)
+    return apply_registration(stacks, table, progress=progress), table
+
+
+def registration_shifts(
+    stacks: Mapping[Channel, np.ndarray],
+    reference: Channel = 2.0,
+    roi: Sequence[int] | None = None,
+    intra: bool | str = True,
+    inter: bool = True,
+    intra_roi: Sequence[int] | None = None,
+    upsample_factor: int = 20,
+    max_slices: int | None = 50,
+    normalization: str | None = None,
+    progress: bool = True,
+) -> ShiftTable:
+    """The shift table of register_stacks (same arguments) without shifting anything.
+
+    The stacks may be lazy (fibml.io.LazyStack: anything with .shape (z, y, x), .dtype and
+    [z] -> slice): only the slices being correlated are read, so stacks larger than memory can
+    be registered; wrap them in ShiftedStack to read them registered.
+    """
     stacks = _check_channels(stacks, reference)
     reference = channel_key(reference)
     if intra not in (True, False, "each"):
@@ -231,7 +256,48 @@ def register_stacks(
             offset = _median_shift(s, stacks[reference], drift[reference], drift[c], roi, upsample_factor,
                                    max_slices, normalization)
         table[c] = drift[c] + offset
-    return apply_registration(stacks, table, progress=progress), table
+    return table
+
+
+class ShiftedStack:
+    """A (z, y, x) stack read registered, slice by slice: `[z]` is slice z of `stack` shifted by
+    shifts[z] as apply_shifts shifts an image (float32, cubic spline, a neutral grey shifted in),
+    so a stack larger than memory is never held whole. stack: an array or a lazy stack
+    (fibml.io.LazyStack); shifts: (z, 2) (dy, dx) pixels, e.g. one channel of a shift table.
+    cval: the grey shifted in from outside; None = the median of up to 16 evenly spaced slices
+    (apply_shifts takes the whole stack's median)."""
+
+    def __init__(self, stack, shifts, cval: float | None = None, order: int = 3):
+        self.stack = _check_stack(stack, "stack")
+        self.shifts = np.asarray(shifts, dtype=np.float64)
+        if self.shifts.shape != (self.stack.shape[0], 2):
+            raise ValueError(f"shifts must be (z, 2) = ({self.stack.shape[0]}, 2), got shape {self.shifts.shape}")
+        if not np.isfinite(self.shifts).all():
+            raise ValueError(f"shifts hold {np.count_nonzero(~np.isfinite(self.shifts))} NaN or inf values")
+        self.order = int(order)
+        self.cval = _sampled_median(self.stack) if cval is None else float(cval)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.stack.shape)
+
+    dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, z: int) -> np.ndarray:
+        image = np.asarray(self.stack[int(z)], dtype=np.float32)
+        if not self.shifts[z].any():
+            return image
+        return ndimage.shift(image, self.shifts[z], order=self.order, mode="constant", cval=self.cval)
+
+
+def _sampled_median(stack, n_slices: int = 16, max_values: int = 1_000_000) -> float:
+    """Median grey of up to n_slices evenly spaced slices (pixels strided to ~max_values)."""
+    zs = np.unique(np.linspace(0, stack.shape[0] - 1, min(n_slices, stack.shape[0])).round().astype(int))
+    step = max(1, int(math.sqrt(len(zs) * stack.shape[1] * stack.shape[2] / max_values)))
+    return float(np.median(np.concatenate([np.asarray(stack[int(z)])[::step, ::step].ravel() for z in zs])))
 
 
 def apply_registration(
@@ -428,6 +494,14 @@ def _fill_value(stack: np.ndarray) -> float:
 
 
 def _check_stack(stack, name: str) -> np.ndarray:
+    if not isinstance(stack, np.ndarray) and hasattr(stack, "shape") and hasattr(stack, "__getitem__"):
+        # a lazy stack (fibml.io.LazyStack): shape and dtype only, pixels are read slice by slice
+        if len(stack.shape) != 3 or min(stack.shape) < 1:
+            raise ValueError(f"{name} must be a (z, y, x) stack, got shape {tuple(stack.shape)}")
+        dtype = np.dtype(getattr(stack, "dtype", np.float32))
+        if not (np.issubdtype(dtype, np.number) or dtype == bool):
+            raise ValueError(f"{name} must hold numbers, got dtype {dtype}")
+        return stack
     stack = np.asarray(stack)
     if stack.ndim != 3 or min(stack.shape) < 1:
         raise ValueError(f"{name} must be a (z, y, x) stack, got an array of shape {stack.shape}")

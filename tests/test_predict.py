@@ -1,0 +1,141 @@
+"""predict.py on whole stacks: lazy inputs, registration, chunked prediction, report, bad input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from fibml.io import read_stack, write_stack
+from fibml.synth.dataset import generate_dataset
+from fibml.workflows import predict, train
+from tests.conftest import FAST_TRAIN, TINY_STRUCTURE, compose_config
+
+VOLTAGES = (1, 2, 4)
+
+
+@pytest.fixture(scope="module")
+def model_run(tiny_dataset, tmp_path_factory) -> Path:
+    """A tiny three-voltage 2D model (one epoch: what it predicts matters less than how)."""
+    root = tmp_path_factory.mktemp("predict_run")
+    cfg = compose_config("train", FAST_TRAIN + [f"data.data_dir={tiny_dataset}", "data.voltages=[1,2,4]",
+                                                "trainer.max_epochs=1", "evaluate=false"], root)
+    train(cfg)
+    return Path(cfg.paths.output_dir)
+
+
+def _predict(run, source, out, tmp_path, *overrides):
+    cfg = compose_config("predict", [f"ckpt_path={run}", f"input={source}", f"output={out}", "inference.device=cpu",
+                                     "inference.chunk_slices=8", "report_crop=32", *overrides], tmp_path / "hydra")
+    return predict(cfg)
+
+
+def _copy_dataset(dataset: Path, to: Path) -> Path:
+    shutil.copytree(dataset, to)
+    return to
+
+
+def test_predict_writes_segmentation_report_and_sections(model_run, tiny_dataset, tmp_path):
+    out = _predict(model_run, tiny_dataset, tmp_path / "out", tmp_path)
+    segmentation, voxel = read_stack(out / "segmentation.tif")
+    assert segmentation.shape == (40, 48, 48) and voxel == (2.5, 2.5, 2.5)
+    info = json.loads((out / "prediction.json").read_text())
+    assert info["shape"] == [40, 48, 48] and info["chunks"] == 5 and info["chunks_computed"] == 5
+    assert info["class_fractions"][1] == pytest.approx((segmentation == 1).mean())
+    assert set(info["anisotropy"]) == {"e_TPCF", "e_LPF", "e_D"} and info["anisotropy_crop"] == [32, 32, 32]
+    report = (out / "report.md").read_text()
+    assert "fraction of class 1 (solid)" in report and "slices/s" in report and "e_TPCF" in report
+    assert (out / "sections.png").stat().st_size > 10_000
+    assert not (out / ".partial").exists()
+
+    # the same command again recomputes nothing; a list of TIFFs gives the same segmentation
+    again = _predict(model_run, tiny_dataset, tmp_path / "out", tmp_path)
+    repeated = json.loads((again / "prediction.json").read_text())
+    assert repeated["chunks_computed"] == 0 and repeated["slices_per_second"] == info["slices_per_second"] > 0
+    files = "[" + ",".join(str(tiny_dataset / f"bse_{v}kV.tif") for v in VOLTAGES) + "]"
+    listed = _predict(model_run, files, tmp_path / "listed", tmp_path)
+    np.testing.assert_array_equal(read_stack(listed / "segmentation.tif")[0], segmentation)
+
+    # a sub-volume: the same slices as the whole run (2D: no context across slices)
+    part = _predict(model_run, tiny_dataset, tmp_path / "part", tmp_path, "z_range=[10,23]")
+    np.testing.assert_array_equal(read_stack(part / "segmentation.tif")[0], segmentation[10:23])
+
+
+def _drifted_dataset(tmp_path: Path) -> tuple[Path, np.ndarray, dict]:
+    """40 slices cut from one 112 x 112 image per voltage at a drifting 96 x 96 window (the same
+    drift for every voltage: they are imaged together) plus a constant offset per voltage. One
+    image for every slice: a structure that changes with z moves its cross-sections sideways
+    (oblique ligaments), which no correlation can tell from drift (tests/test_registration.py
+    measures the accuracy)."""
+    big = generate_dataset(tmp_path / "big", shape=(40, 112, 112), voxel_size_nm=2.5, voltages=list(VOLTAGES),
+                           structure=TINY_STRUCTURE, imaging={}, seed=3, progress=False)
+    rng = np.random.default_rng(0)
+    drift = np.clip(np.cumsum(rng.integers(-1, 2, size=(40, 2)), axis=0), -6, 6)
+    drift[0] = 0
+    offsets = {1: np.array([2, -1]), 2: np.array([0, 0]), 4: np.array([-1, 2])}
+    folder = tmp_path / "drifted"
+    folder.mkdir()
+    for v in VOLTAGES:
+        stack, voxel = read_stack(big / f"bse_{v}kV.tif")
+        crops = [stack[20, 8 + dy : 104 + dy, 8 + dx : 104 + dx] for dy, dx in drift + offsets[v]]
+        write_stack(folder / f"bse_{v}kV.tif", np.stack(crops), voxel)
+    return folder, drift, offsets
+
+
+def test_registration_recovers_the_drift_and_its_shifts_can_be_reapplied(model_run, tmp_path):
+    folder, drift, offsets = _drifted_dataset(tmp_path)
+    out = _predict(model_run, folder, tmp_path / "registered", tmp_path, "registration.enabled=true")
+    from fibml.data.registration import read_shifts_csv
+
+    table = read_shifts_csv(out / "shifts.csv")
+    for v in VOLTAGES:
+        # slice z was cut at drift[z] + offset: moving it by that (relative to the 2 kV slice 0) aligns it
+        expected = drift + offsets[v] - offsets[2]
+        assert np.abs(table[float(v)] - expected).max() < 0.5, v
+    info = json.loads((out / "prediction.json").read_text())
+    assert info["registration"]["max_shift_px"] == pytest.approx(max(np.abs(t).max() for t in table.values()))
+
+    again = _predict(model_run, folder, tmp_path / "reapplied", tmp_path,
+                     f"registration.shifts_csv={out / 'shifts.csv'}")
+    np.testing.assert_array_equal(read_stack(again / "segmentation.tif")[0], read_stack(out / "segmentation.tif")[0])
+
+
+def test_stacks_of_different_slice_counts_are_refused_and_nothing_is_written(model_run, tiny_dataset, tmp_path):
+    folder = _copy_dataset(tiny_dataset, tmp_path / "short")
+    stack, voxel = read_stack(folder / "bse_4kV.tif")
+    write_stack(folder / "bse_4kV.tif", stack[:-1], voxel)
+    with pytest.raises(ValueError, match=r"bse_4kV\.tif.*\(39, 48, 48\).*bse_1kV\.tif.*\(40, 48, 48\)"):
+        _predict(model_run, folder, tmp_path / "out", tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_needing_other_voltages_is_refused(model_run, tiny_dataset, tmp_path):
+    folder = _copy_dataset(tiny_dataset, tmp_path / "two")
+    (folder / "bse_4kV.tif").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no bse_4kV\.tif, but .*ckpt was trained on 1kV, 2kV, 4kV"):
+        _predict(model_run, folder, tmp_path / "out", tmp_path)
+    with pytest.raises(ValueError, match="input lists 2 TIFF files"):
+        _predict(model_run, f"[{folder / 'bse_1kV.tif'},{folder / 'bse_2kV.tif'}]", tmp_path / "out", tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_truncated_tiff_is_refused_naming_it(model_run, tiny_dataset, tmp_path):
+    folder = _copy_dataset(tiny_dataset, tmp_path / "cut")
+    path = folder / "bse_2kV.tif"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 5000])
+    with pytest.raises(ValueError, match=r"bse_2kV\.tif.*truncated"):
+        _predict(model_run, folder, tmp_path / "out", tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_holding_another_result_is_kept_unless_overwrite(model_run, tiny_dataset, tmp_path):
+    out = _predict(model_run, tiny_dataset, tmp_path / "out", tmp_path, "z_range=[0,16]")
+    before = (out / "segmentation.tif").read_bytes()
+    with pytest.raises(ValueError, match="overwrite"):
+        _predict(model_run, tiny_dataset, out, tmp_path)
+    assert (out / "segmentation.tif").read_bytes() == before
+    _predict(model_run, tiny_dataset, out, tmp_path, "overwrite=true")
+    assert tifffile.imread(out / "segmentation.tif").shape == (40, 48, 48)
