@@ -7,7 +7,7 @@
 1. The stack: bse_1kV.tif, bse_2kV.tif and bse_4kV.tif of --shape (default the paper's real
    acquisition, 316 x 3072 x 2048 pixels per voltage, uint8: 6.0 GB on disk) in --data-dir (default
    a temporary folder; an existing stack of that shape is reused). Each is written slice by slice
-   from a 32 x 512 x 512 fast-forward-model dataset, tiled: the grey values and shine-through of
+   from a 96 x 256 x 256 fast-forward-model dataset, tiled: the grey values and shine-through of
    real data, without a structure generator of 6 billion voxels.
 2. The model: --ckpt, or a fresh (untrained) net of experiment=late_fusion saved as a fibml
    checkpoint: only the time and memory mean anything then, not the segmentation.
@@ -43,8 +43,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 VOLTAGES = (1, 2, 4)
-VOXEL_NM = (10.0, 5.0, 5.0)  # a real acquisition's slice thickness and pixel size (order of magnitude)
-TILE = (32, 512, 512)
+VOXEL_NM = (2.5, 2.5, 2.5)  # the embedded default data's voxels (configs/generator/hnpg_small.yaml)
+TILE = (96, 256, 256)  # fits two coarse HNPG periods in z
 RSS_TARGET_GB = 4.0
 GPU_TARGET_S = 600.0
 
@@ -52,6 +52,9 @@ GPU_TARGET_S = 600.0
 def write_stacks(folder: Path, shape: tuple[int, int, int]) -> float:
     """bse_<V>kV.tif of `shape` (uint8, ImageJ, voxel size) written slice by slice; returns seconds.
     An existing stack of the same shape is kept."""
+    from omegaconf import OmegaConf
+
+    from fibml.config import CONFIG_DIR
     from fibml.synth.dataset import generate_dataset
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -61,8 +64,9 @@ def write_stacks(folder: Path, shape: tuple[int, int, int]) -> float:
         return 0.0
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        default = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "generator" / "hnpg_small.yaml"))
         tile = generate_dataset(Path(tmp) / "tile", shape=TILE, voxel_size_nm=VOXEL_NM[1], voltages=list(VOLTAGES),
-                                seed=0, progress=False)
+                                structure=default["structure"], imaging=default["imaging"], seed=0, progress=False)
         for v, path in paths.items():
             images = tifffile.imread(tile / f"bse_{v}kV.tif").astype(np.float32)
             lo, hi = np.percentile(images, [0.1, 99.9])
