@@ -594,7 +594,8 @@ def predict(cfg: DictConfig) -> Path:
 
     inference = cfg.inference
     devices = _inference_devices(inference.get("devices"))
-    device = resolve_device(inference.get("device", "auto"))
+    device = resolve_device(devices[0] if devices else inference.get("device", "auto"))
+    devices = devices if devices and len(devices) > 1 else None
     fingerprint = {
         "checkpoint": _file_identity(checkpoint),
         "input": [_file_identity(stack.path) for stack in stacks.values()],
@@ -770,9 +771,10 @@ def _inference_devices(value) -> list[str] | None:
         count = torch.cuda.device_count()
         if count == 0:
             raise ValueError("inference.devices=all found no GPU")
-        return [f"cuda:{i}" for i in range(count)] if count > 1 else None
-    devices = [str(d) for d in value]
-    return devices if len(devices) > 1 else None
+        return [f"cuda:{i}" for i in range(count)]
+    if isinstance(value, str) or not len(value):
+        raise ValueError(f"inference.devices must be null, all, or a list such as [cuda:0,cuda:1], got {value!r}")
+    return [str(d) for d in value]
 
 
 def _file_identity(path) -> dict:

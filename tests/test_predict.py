@@ -58,6 +58,10 @@ def test_predict_writes_segmentation_report_and_sections(model_run, tiny_dataset
     listed = _predict(model_run, files, tmp_path / "listed", tmp_path)
     np.testing.assert_array_equal(read_stack(listed / "segmentation.tif")[0], segmentation)
 
+    # two worker processes, each building the net from the checkpoint: the same segmentation
+    two = _predict(model_run, tiny_dataset, tmp_path / "two", tmp_path, "inference.devices=[cpu,cpu]")
+    np.testing.assert_array_equal(read_stack(two / "segmentation.tif")[0], segmentation)
+
     # a sub-volume: the same slices as the whole run (2D: no context across slices)
     part = _predict(model_run, tiny_dataset, tmp_path / "part", tmp_path, "z_range=[10,23]")
     np.testing.assert_array_equal(read_stack(part / "segmentation.tif")[0], segmentation[10:23])

@@ -107,7 +107,7 @@ def simulate_bse_stack(
         does not depend on which other slices run with it; the same seed, device type and
         batch_electrons give the same image. None = not seeded.
     device: "cpu", "cuda", ... (default: cuda when available).
-    batch_electrons: electrons tracked at once (default 2^16 on the CPU, 2^22 on a GPU).
+    batch_electrons: electrons tracked at once (default 2^16 on the CPU, 2^24 on a GPU of >= 32 GiB, else 2^22).
     compile: run the electron step through torch.compile (needs a C++ compiler on the CPU, a
         Triton-capable GPU otherwise; results agree with the eager step to float rounding).
     work_dir: a folder where every finished slice is saved; a run given the same folder and
@@ -654,7 +654,11 @@ class _SliceStore:
 
 
 def _default_batch(device: torch.device) -> int:
-    return 2**22 if device.type == "cuda" else 2**16
+    """Electrons in flight: 2^16 on the CPU; on a GPU 2^24 where it has 32 GiB or more (an H100,
+    compiled, 4 kV: 2.23e6 electrons/s against 1.43e6 with 2^22), else 2^22."""
+    if device.type != "cuda":
+        return 2**16
+    return 2**24 if torch.cuda.get_device_properties(device).total_memory >= 32 * 2**30 else 2**22
 
 
 def _generator(device: torch.device, seed, voltage_kV, z: int) -> torch.Generator | None:
