@@ -192,7 +192,25 @@ def open_stack_file(path: str | Path, shape: Sequence[int] | None = None) -> Sta
     return StackFile(path, shape, dtype, int(offset))
 
 
-class StackFile:
+class _Closing:
+    """Context-manager protocol of the lazily opened files below: close() on exit and on
+    garbage collection (quietly: at interpreter shutdown tifffile may already be gone)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        with suppress(Exception):
+            self.close()
+
+
+class StackFile(_Closing):
     """Writes pixels into a (z, y, x) TIFF stack whose pixels are stored contiguously (made by
     create_stack_file, opened by open_stack_file), with positioned writes (os.pwrite).
 
@@ -254,15 +272,6 @@ class StackFile:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        with suppress(Exception):
-            self.close()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -608,7 +617,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 # --- lazy stacks -------------------------------------------------------------------------------
 
 
-class LazyStack:
+class LazyStack(_Closing):
     """A (z, y, x) TIFF stack that reads slices on demand, never the whole stack.
 
     Create it with `open_stack`, which checks the file first. `stack[z]` is one (y, x) slice,
@@ -696,15 +705,6 @@ class LazyStack:
             self._tif.close()
             self._tif = None
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        with suppress(Exception):  # at interpreter shutdown tifffile may already be gone
-            self.close()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
