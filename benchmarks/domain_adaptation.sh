@@ -20,7 +20,7 @@ PY=${PYTHON:-python}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT"
 start=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
+source "$REPO/benchmarks/_common.sh"  # stamp, train_segmentations
 
 "$PY" -m fibml.synth out="$OUT/source" seed=0 "voltages=[2]" overwrite=true ${SYNTH_ARGS:-}
 "$PY" -m fibml.synth out="$OUT/target" seed=7 "voltages=[2]" artefacts=realistic overwrite=true ${SYNTH_ARGS:-}
@@ -52,16 +52,7 @@ print(table)
 EOF
 stamp "distances"
 
-seg() {  # the segmentation on dataset $1
-  "$PY" "$REPO/train.py" experiment=single_voltage "data.voltages=[2]" data.data_dir="$OUT/$1" evaluate=false \
-    logger=csv hydra.run.dir="$OUT/seg_$1" ${SEG_ARGS:-} > "$OUT/seg_$1.log" 2>&1 || { echo "FAILED: see $OUT/seg_$1.log"; return 1; }
-  stamp "segmentation trained on $1"
-}
-pids=()
-for name in source adapted; do  # PARALLEL=1: both at once (one GPU holds both)
-  if [[ "${PARALLEL:-0}" == 1 ]]; then seg "$name" & pids+=($!); else seg "$name"; fi
-done
-for pid in "${pids[@]}"; do wait "$pid"; done
+train_segmentations source adapted
 "$PY" "$REPO/evaluate.py" "ckpt_path=[$OUT/seg_source,$OUT/seg_adapted]" data_dir="$OUT/target" split=all \
   save_predictions=false hydra.run.dir="$OUT/scores"
 stamp "done"

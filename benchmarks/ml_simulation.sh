@@ -19,7 +19,7 @@ PY=${PYTHON:-python}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT"
 start=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
+source "$REPO/benchmarks/_common.sh"  # stamp, train_segmentations
 
 "$PY" "$REPO/train.py" experiment=backscatter_ann logger=csv hydra.run.dir="$OUT/ann" ${ANN_ARGS:-}
 stamp "backscatter ANN trained"
@@ -39,16 +39,7 @@ stamp "CycleGAN trained"
   overwrite=true hydra.run.dir="$OUT/translate"
 stamp "ML simulation of seed 0"
 
-seg() {  # the segmentation on dataset $1
-  "$PY" "$REPO/train.py" experiment=single_voltage "data.voltages=[2]" data.data_dir="$OUT/$1" evaluate=false \
-    logger=csv hydra.run.dir="$OUT/seg_$1" ${SEG_ARGS:-} > "$OUT/seg_$1.log" 2>&1 || { echo "FAILED: see $OUT/seg_$1.log"; return 1; }
-  stamp "segmentation trained on $1"
-}
-pids=()
-for name in sml_0 mc_0; do  # PARALLEL=1: both at once (one GPU holds both)
-  if [[ "${PARALLEL:-0}" == 1 ]]; then seg "$name" & pids+=($!); else seg "$name"; fi
-done
-for pid in "${pids[@]}"; do wait "$pid"; done
+train_segmentations sml_0 mc_0
 "$PY" "$REPO/evaluate.py" "ckpt_path=[$OUT/seg_sml_0,$OUT/seg_mc_0]" data_dir="$OUT/mc_1" split=all \
   hydra.run.dir="$OUT/scores"
 "$PY" - "$OUT" <<'EOF'
