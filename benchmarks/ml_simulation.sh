@@ -13,6 +13,7 @@
 #   GAN_ARGS="trainer=gpu" SEG_ARGS="trainer=gpu" bash benchmarks/ml_simulation.sh /tmp/mlsim   # on a GPU
 # PARALLEL=1 trains the two segmentations at once. SYNTH_ARGS go to both structures (e.g. "shape=[64,96,96] structure.coarse_wavelength_nm=80
 # structure.fine_wavelength_nm=24"), MC_ARGS to the Monte Carlo runs (e.g. simulator.electrons_per_pixel=10).
+# Slices smaller than the CycleGAN's 128 x 128 patch need GAN_ARGS="data.patch_size=64 data.stride=32".
 set -euo pipefail
 OUT=${1:?usage: ml_simulation.sh <out_dir>}
 PY=${PYTHON:-python}
