@@ -88,10 +88,12 @@ def slice_shifts(
     if reference not in ("previous", "first"):
         raise ValueError(f"reference must be 'previous' or 'first', got {reference!r}")
     shifts = np.zeros((stack.shape[0], 2))
+    first = previous = stack[0]  # each slice is read once: a lazy stack reads it from disk
     for z in tqdm(range(1, stack.shape[0]), desc="intra-stack", unit="slice", disable=not progress, leave=False):
+        current = stack[z]
         predicted = np.round(shifts[z - 1]).astype(int)  # where the roi sits in slice z, to the pixel
         if reference == "previous":
-            step = _shift_between(stack[z - 1], stack[z], roi, predicted, predicted, upsample_factor, normalization,
+            step = _shift_between(previous, current, roi, predicted, predicted, upsample_factor, normalization,
                                   where=f"slice {z}")
             if step is None:
                 warnings.warn(f"slice {z} or {z - 1} is uniform inside the window: slice {z} is not moved",
@@ -99,13 +101,14 @@ def slice_shifts(
                 step = np.zeros(2)
             shifts[z] = shifts[z - 1] + step
         else:
-            found = _shift_between(stack[0], stack[z], roi, np.zeros(2, int), predicted, upsample_factor,
+            found = _shift_between(first, current, roi, np.zeros(2, int), predicted, upsample_factor,
                                    normalization, where=f"slice {z}")
             if found is None:
                 warnings.warn(f"slice {z} or 0 is uniform inside the window: slice {z} keeps the drift of {z - 1}",
                               stacklevel=2)
                 found = shifts[z - 1]
             shifts[z] = found
+        previous = current
     return shifts
 
 
