@@ -49,6 +49,7 @@ from fibml.io import (
     write_json,
     write_stack,
 )
+from fibml.sliding_window import scan_interval
 
 SHAPE = (2, 20, 48, 40)  # channel, z, y, x
 PATCH = {"2d": 16, "2.5d": 16, "3d": [8, 16, 16]}
@@ -166,7 +167,7 @@ def test_3d_blocks_see_exactly_monais_whole_volume_windows():
         range(1, 31), [1, 2, 3, 4, 5, 7, 8, 12], [0.0, 0.3, 0.5, 0.9], [1, 6, 8]
     ):
         stride = _get_scan_interval((max(size, patch),), (patch,), 1, (overlap,))[0]
-        assert inference._scan_interval(size, patch, overlap) == stride
+        assert scan_interval(size, patch, overlap) == stride
         whole = [s[0].start for s in dense_patch_slices((max(size, patch),), (patch,), (stride,))]
         blocks = inference._axis_blocks(size, patch, overlap, core)
         assert [(a, b) for a, b, _, _ in blocks] == sorted((a, b) for a, b, _, _ in blocks)

@@ -2,9 +2,9 @@
 (slice-thickness-repositioning-inpainting.txt, 2.2.3; the RML pipeline's interpolation).
 
 Every xz plane and every yz plane of the stack is filled by a trained 2D net
-(fibml.tasks.inpainting.InpaintingTask), stitched over planes larger than its patch by MONAI's
-sliding_window_inference with Gaussian blending; the xz and yz probabilities are averaged and
-arg-maxed. The known rows (the repositioned slices) come back exactly as given.
+(fibml.tasks.inpainting.InpaintingTask), stitched over planes larger than its patch with
+Gaussian blending (fibml.sliding_window: MONAI's windows and weights); the xz and yz
+probabilities are averaged and arg-maxed. The known rows (the repositioned slices) come back exactly as given.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from tqdm.auto import tqdm
 
 from fibml.data.inpainting import FILL_VALUE, PLANES, plane_patch
+from fibml.sliding_window import sliding_window
 
 __all__ = ["inpaint_volume"]
 
@@ -42,7 +42,7 @@ def inpaint_volume(
         to probabilities (B, 2, h, w), e.g. InpaintingTask.probabilities (on ``device``).
     planes: "xz" (one per y) and / or "yz" (one per x); their probabilities are averaged.
     patch_size: int or (z, w): the net's window, clipped to the plane; overlap: of the window.
-    batch_size: planes per call of sliding_window_inference (memory is bounded by it and by one
+    batch_size: planes per call of fibml.sliding_window (memory is bounded by it and by one
         float32 volume); sw_batch_size: windows per predictor call.
     """
     volume = np.asarray(volume)
@@ -64,10 +64,8 @@ def inpaint_volume(
             index = slice(start, min(start + batch_size, n_planes))
             batch = _planes(volume, known, plane, index)  # (B, 2, z, w)
             with torch.no_grad():
-                probabilities = sliding_window_inference(
-                    torch.from_numpy(batch).to(device), roi, sw_batch_size, predictor, overlap=overlap,
-                    mode="gaussian", sw_device=device, device="cpu", progress=False,
-                )
+                probabilities = sliding_window(torch.from_numpy(batch).to(device), roi, predictor, sw_batch_size,
+                                               overlap).cpu()
             if probabilities.shape[1] != 2:
                 raise ValueError(f"the predictor returned {probabilities.shape[1]} classes; inpainting needs 2 (pore, solid)")
             solid = (probabilities[:, 1] - probabilities[:, 0]).float().numpy()  # (B, z, w)
