@@ -203,7 +203,7 @@ def predict_volume(
     if dims == "3d":  # the array as it is (no copy when contiguous), not _read_block's copy
         return run(np.ascontiguousarray(images[None, :, z_range.start : z_range.stop], dtype=np.float32))[0].cpu().numpy()
 
-    reader = _SliceReader(list(images), n_adjacent if dims == "2.5d" else 1)
+    reader = _SliceReader(list(images), n_adjacent if dims == "2.5d" else 1, device)
     zs = list(z_range)
     out = None
     with tqdm(total=len(zs), desc="predict", unit="slice", disable=not progress, leave=False) as bar:
@@ -408,12 +408,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def _window_runner(predictor: Predictor, roi, overlap: float, sw_batch_size: int, device: torch.device, dims: str):
-    """(B, C', *spatial) float32 array -> (B, n_classes, *spatial) float32 probabilities, a
+    """(B, C', *spatial) float32 array or tensor -> (B, n_classes, *spatial) float32 probabilities, a
     tensor on `device` (blended there: on a GPU, adding thousands of windows on the CPU was the
     bottleneck)."""
 
-    def run(batch: np.ndarray) -> torch.Tensor:
-        inputs = torch.from_numpy(batch).to(device)
+    def run(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+        inputs = (batch if torch.is_tensor(batch) else torch.from_numpy(batch)).to(device)
         with torch.no_grad():
             if dims == "3d":  # MONAI's own summation order, which the 3D blocks' equality rests on
                 out = sliding_window_inference(
@@ -435,27 +435,29 @@ def _read_region(source, z: int, ys: slice, xs: slice) -> np.ndarray:
 
 class _SliceReader:
     """2D / 2.5D net inputs (n, C * k, y, x), voltage-major like PatchDataset's, for given
-    slices. Keeps the source slices the next batch shares (2.5D neighbours), so each slice is
-    read about once; holds at most (batch + k - 1) slices per channel."""
+    slices, as a tensor on `device`. Keeps the source slices the next batch shares (2.5D
+    neighbours) on the device, so each slice is read and sent there about once and the k
+    neighbours are put together there (a 2.5D input is 7 times its slices: 525 MB per
+    3 x 3072 x 2048 slice); holds at most (batch + k - 1) slices per channel."""
 
-    def __init__(self, channels: Sequence, k: int):
-        self.channels, self.k = channels, k
+    def __init__(self, channels: Sequence, k: int, device: torch.device):
+        self.channels, self.k, self.device = channels, k, device
         self.n_slices = channels[0].shape[0]
-        self.cache: dict[int, list[np.ndarray]] = {}
+        self.cache: dict[int, torch.Tensor] = {}
 
-    def __call__(self, zs: Sequence[int]) -> np.ndarray:
+    def __call__(self, zs: Sequence[int]) -> torch.Tensor:
         context = [context_indices(z, self.k, self.n_slices) for z in zs]
         needed = {int(i) for ctx in context for i in ctx}
         self.cache = {z: s for z, s in self.cache.items() if z in needed}
         for z in sorted(needed - self.cache.keys()):
-            self.cache[z] = [np.asarray(channel[z], dtype=np.float32) for channel in self.channels]
-        n_y, n_x = self.channels[0].shape[1:]
-        out = np.empty((len(zs), len(self.channels) * self.k, n_y, n_x), dtype=np.float32)
+            slices = np.stack([np.asarray(channel[z], dtype=np.float32) for channel in self.channels])
+            self.cache[z] = torch.from_numpy(slices).to(self.device)  # (C, y, x)
+        first = next(iter(self.cache.values()))
+        out = first.new_empty((len(zs), first.shape[0], self.k, *first.shape[1:]))
         for i, ctx in enumerate(context):
-            for v in range(len(self.channels)):
-                for j, z in enumerate(ctx):
-                    out[i, v * self.k + j] = self.cache[int(z)][v]
-        return out
+            for j, z in enumerate(ctx):
+                out[i, :, j] = self.cache[int(z)]
+        return out.flatten(1, 2)  # channel v * k + j: voltage v, neighbour j
 
 
 def _slice_batches(run, reader: _SliceReader, zs: Sequence[int], slices_per_batch: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -573,7 +575,7 @@ def _run_chunks(job: _Job, predictor: Predictor, device: torch.device, chunks: S
     """Predict chunks into the work folder's output files; after each, flush them and record
     the chunk (with its class counts) in done_path."""
     run = _window_runner(predictor, job.roi, job.overlap, job.sw_batch_size, device, job.dims)
-    reader = _SliceReader(job.channels, job.k)
+    reader = _SliceReader(job.channels, job.k, device)
     records: dict[str, dict] = {}
     with ExitStack() as opened:
         outputs = {name: opened.enter_context(open_stack_file(job.work / name, job.shape)) for name in job.names}
