@@ -443,21 +443,22 @@ class _SliceReader:
     def __init__(self, channels: Sequence, k: int, device: torch.device):
         self.channels, self.k, self.device = channels, k, device
         self.n_slices = channels[0].shape[0]
-        self.cache: dict[int, torch.Tensor] = {}
+        self.cache: dict[int, list[torch.Tensor]] = {}
 
     def __call__(self, zs: Sequence[int]) -> torch.Tensor:
         context = [context_indices(z, self.k, self.n_slices) for z in zs]
         needed = {int(i) for ctx in context for i in ctx}
         self.cache = {z: s for z, s in self.cache.items() if z in needed}
         for z in sorted(needed - self.cache.keys()):
-            slices = np.stack([np.asarray(channel[z], dtype=np.float32) for channel in self.channels])
-            self.cache[z] = torch.from_numpy(slices).to(self.device)  # (C, y, x)
-        first = next(iter(self.cache.values()))
-        out = first.new_empty((len(zs), first.shape[0], self.k, *first.shape[1:]))
+            self.cache[z] = [torch.from_numpy(np.asarray(channel[z], dtype=np.float32)).to(self.device)
+                             for channel in self.channels]
+        n_y, n_x = self.channels[0].shape[1:]
+        out = torch.empty((len(zs), len(self.channels) * self.k, n_y, n_x), dtype=torch.float32, device=self.device)
         for i, ctx in enumerate(context):
-            for j, z in enumerate(ctx):
-                out[i, :, j] = self.cache[int(z)]
-        return out.flatten(1, 2)  # channel v * k + j: voltage v, neighbour j
+            for v in range(len(self.channels)):
+                for j, z in enumerate(ctx):
+                    out[i, v * self.k + j] = self.cache[int(z)][v]  # voltage v, neighbour j
+        return out
 
 
 def _slice_batches(run, reader: _SliceReader, zs: Sequence[int], slices_per_batch: int) -> Iterator[tuple[int, torch.Tensor]]:
