@@ -984,7 +984,8 @@ def _load_branches(model, states: list[dict]) -> None:
 
 def _prepare_resume(cfg: DictConfig) -> str:
     """For ckpt_path = 'last', a run folder or a .ckpt: continue that run in its own folder, with
-    the same logger run ids. Returns the checkpoint for Trainer.fit."""
+    the same wandb run id (CSV: each launch its own csv/version_<n>, the earlier ones kept).
+    Returns the checkpoint for Trainer.fit."""
     spec = str(cfg.ckpt_path)
     if spec == "last":
         runs = Path(cfg.paths.log_dir) / str(cfg.task_name) / "runs"
@@ -995,13 +996,16 @@ def _prepare_resume(cfg: DictConfig) -> str:
     else:
         checkpoint = resolve_checkpoint(spec, prefer=("last.ckpt", "best.ckpt"))
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    trained = (state.get(CONFIG_KEY) or {}).get("model", {}).get("net")
-    current = OmegaConf.to_container(cfg.model.net, resolve=True)
-    if trained is not None and trained != current:
-        raise ValueError(
-            f"{checkpoint} was trained with another network ({trained.get('_target_')}, tags "
-            f"{state[CONFIG_KEY].get('tags')}); resume with the same experiment and model settings"
-        )
+    trained_model = (state.get(CONFIG_KEY) or {}).get("model")
+    if trained_model is not None:
+        trained = _networks(trained_model)
+        current = _networks(OmegaConf.to_container(cfg.model, resolve=True))
+        if trained != current:
+            changed = sorted(k for k in trained.keys() | current.keys() if trained.get(k) != current.get(k))
+            raise ValueError(
+                f"{checkpoint} was trained with another network (model.{', model.'.join(changed)} differ; "
+                f"tags {state[CONFIG_KEY].get('tags')}); resume with the same experiment and model settings"
+            )
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     ids = state.get(LOGGERS_KEY, {})
     with open_dict(cfg):
@@ -1012,10 +1016,18 @@ def _prepare_resume(cfg: DictConfig) -> str:
             kind = str(node._target_).rsplit(".", 1)[-1]
             if kind == "WandbLogger" and ids.get(kind):
                 node.id, node.resume = ids[kind], "allow"
-            elif kind == "CSVLogger" and ids.get(kind) is not None:
-                node.version = ids[kind]
+            # CSVLogger: no version given, so it writes the next one (csv/version_<n+1>) beside the
+            # earlier launches': pinned to the old version it would delete that launch's metrics.csv
     log.info("resuming %s from %s (this launch's own folder keeps only its log)", run_dir, checkpoint)
     return str(checkpoint)
+
+
+def _networks(model: Mapping) -> dict:
+    """The networks of a model config, which a resumed run must keep: ``net`` of a segmentation
+    model, ``generator_ab`` ... ``discriminator_b`` of a CycleGAN; the loss, optimizer and
+    scheduler may change between launches."""
+    return {k: v for k, v in model.items()
+            if isinstance(v, Mapping) and "_target_" in v and k not in ("loss", "optimizer", "scheduler")}
 
 
 def method_name(run_cfg: Mapping) -> str:

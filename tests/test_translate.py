@@ -1,10 +1,12 @@
 """CycleGAN through train.py and predict.py task=translate: a translated dataset keeps shapes,
 voxel size and labels, and its grey values are the target domain's."""
 
+import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fibml.io import read_dataset, write_dataset
 from fibml.workflows import predict, train
@@ -42,6 +44,23 @@ def test_train_cyclegan_then_translate_a_dataset(domains, tmp_path):
     assert (run / "checkpoints" / "last.ckpt").is_file()
     low, high = objects["datamodule"].scaling["b"]
     assert 45 < low < 60 and 140 < high < 160  # the target domain's 0.5 / 99.5 percentiles
+
+    # a CycleGAN run continues (it has generators and discriminators, no model.net) ...
+    overrides = ["experiment=cyclegan_da", f"data.source={a}", f"data.target={b}", *TINY_GAN]
+    again = compose_config("train", [*overrides[:-1], "trainer.max_epochs=2", f"ckpt_path={run}"], tmp_path / "again")
+    _, resumed = train(again)
+    assert resumed["trainer"].current_epoch == 2 and again.paths.output_dir == str(run)
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2 * 2 * 2  # 2 epochs x 2 batches x (generator + discriminator step)
+    # the first launch's CSV metrics are kept (Lightning deletes metrics.csv of a version it reuses)
+    first, second = (run / "csv" / f"version_{v}" / "metrics.csv" for v in (0, 1))
+    epochs = [{row["epoch"] for row in csv.DictReader(f.open()) if row["epoch"]} for f in (first, second)]
+    assert epochs == [{"0"}, {"1"}]
+    # ... but not with other networks
+    wider = compose_config("train", [*overrides, "model.generator_ab.features=[8,32]", f"ckpt_path={run}"],
+                           tmp_path / "wider")
+    with pytest.raises(ValueError, match=r"model\.generator_ab, model\.generator_ba differ"):
+        train(wider)
 
     out = tmp_path / "adapted"
     pcfg = compose_config("predict", [f"ckpt_path={run}", "task=translate", f"input={a}", f"output={out}",
