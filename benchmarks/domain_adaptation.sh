@@ -11,7 +11,7 @@
 #
 #   bash benchmarks/domain_adaptation.sh <out_dir> [GAN_ARGS="..."] [SEG_ARGS="..."]
 #   GAN_ARGS="trainer=gpu" SEG_ARGS="trainer=gpu" bash benchmarks/domain_adaptation.sh /tmp/da   # paper settings on a GPU
-# PARALLEL=1 trains the two segmentations at once.
+# PARALLEL=1 trains the two segmentations at once; RESUME=1 continues an interrupted run (see _common.sh).
 # Extra Hydra overrides for the CycleGAN run go in GAN_ARGS, for both segmentation runs in SEG_ARGS,
 # for the datasets in SYNTH_ARGS (e.g. "shape=[64,96,96]").
 set -euo pipefail
@@ -20,20 +20,22 @@ PY=${PYTHON:-python}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT"
 start=$(date +%s)
-source "$REPO/benchmarks/_common.sh"  # stamp, train_segmentations
+source "$REPO/benchmarks/_common.sh"  # stamp, stage, resume_from, train_segmentations
 
-"$PY" -m fibml.synth out="$OUT/source" seed=0 "voltages=[2]" overwrite=true ${SYNTH_ARGS:-}
-"$PY" -m fibml.synth out="$OUT/target" seed=7 "voltages=[2]" artefacts=realistic overwrite=true ${SYNTH_ARGS:-}
-stamp "domains generated"
+# shellcheck disable=SC2086
+stage "source domain generated" "$PY" -m fibml.synth out="$OUT/source" seed=0 "voltages=[2]" overwrite=true ${SYNTH_ARGS:-}
+# shellcheck disable=SC2086
+stage "target domain generated" "$PY" -m fibml.synth out="$OUT/target" seed=7 "voltages=[2]" artefacts=realistic \
+  overwrite=true ${SYNTH_ARGS:-}
 
-"$PY" "$REPO/train.py" experiment=cyclegan_da data.source="$OUT/source" data.target="$OUT/target" logger=csv \
-  hydra.run.dir="$OUT/cyclegan" ${GAN_ARGS:-}
-stamp "CycleGAN trained"
-"$PY" "$REPO/predict.py" task=translate ckpt_path="$OUT/cyclegan" input="$OUT/source" output="$OUT/adapted" \
-  overwrite=true hydra.run.dir="$OUT/translate"
-stamp "source translated"
+# shellcheck disable=SC2046,SC2086
+stage "CycleGAN trained" "$PY" "$REPO/train.py" experiment=cyclegan_da data.source="$OUT/source" data.target="$OUT/target" \
+  logger=csv hydra.run.dir="$OUT/cyclegan" $(resume_from "$OUT/cyclegan") ${GAN_ARGS:-}
+stage "source translated" "$PY" "$REPO/predict.py" task=translate ckpt_path="$OUT/cyclegan" input="$OUT/source" \
+  output="$OUT/adapted" overwrite=true hydra.run.dir="$OUT/translate"
 
-"$PY" - "$OUT" <<'EOF'
+distances() {
+  "$PY" - "$OUT" <<'EOF'
 import sys
 from pathlib import Path
 
@@ -50,9 +52,9 @@ table = "\n".join(["| distance | Wasserstein | Jensen-Shannon | spectrum (decade
 (out / "domain_distances.md").write_text(table + "\n")
 print(table)
 EOF
-stamp "distances"
+}
+stage "distances" distances
 
 train_segmentations source adapted
-"$PY" "$REPO/evaluate.py" "ckpt_path=[$OUT/seg_source,$OUT/seg_adapted]" data_dir="$OUT/target" split=all \
-  save_predictions=false hydra.run.dir="$OUT/scores"
-stamp "done"
+stage "scored" "$PY" "$REPO/evaluate.py" "ckpt_path=[$OUT/seg_source,$OUT/seg_adapted]" data_dir="$OUT/target" \
+  split=all save_predictions=false hydra.run.dir="$OUT/scores"

@@ -11,7 +11,7 @@
 #
 #   bash benchmarks/ml_simulation.sh <out_dir>
 #   GAN_ARGS="trainer=gpu" SEG_ARGS="trainer=gpu" bash benchmarks/ml_simulation.sh /tmp/mlsim   # on a GPU
-# PARALLEL=1 trains the two segmentations at once. SYNTH_ARGS go to both structures (e.g. "shape=[64,96,96] structure.coarse_wavelength_nm=80
+# PARALLEL=1 trains the two segmentations at once; RESUME=1 continues an interrupted run (see _common.sh). SYNTH_ARGS go to both structures (e.g. "shape=[64,96,96] structure.coarse_wavelength_nm=80
 # structure.fine_wavelength_nm=24"), MC_ARGS to the Monte Carlo runs (e.g. simulator.electrons_per_pixel=10).
 # Slices smaller than the CycleGAN's 128 x 128 patch need GAN_ARGS="data.patch_size=64 data.stride=32".
 set -euo pipefail
@@ -20,30 +20,30 @@ PY=${PYTHON:-python}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT"
 start=$(date +%s)
-source "$REPO/benchmarks/_common.sh"  # stamp, train_segmentations
+source "$REPO/benchmarks/_common.sh"  # stamp, stage, resume_from, train_segmentations
 
-"$PY" "$REPO/train.py" experiment=backscatter_ann logger=csv hydra.run.dir="$OUT/ann" ${ANN_ARGS:-}
-stamp "backscatter ANN trained"
+# shellcheck disable=SC2046,SC2086
+stage "backscatter ANN trained" "$PY" "$REPO/train.py" experiment=backscatter_ann logger=csv hydra.run.dir="$OUT/ann" \
+  $(resume_from "$OUT/ann") ${ANN_ARGS:-}
+[[ "${RESUME:-0}" == 1 ]] || rm -rf "$OUT"/mc_*.partial  # Monte Carlo slices of an earlier run
 for seed in 0 1; do
-  "$PY" -m fibml.synth out="$OUT/mc_$seed" seed=$seed "voltages=[2]" simulator=montecarlo overwrite=true \
-    ${SYNTH_ARGS:-} ${MC_ARGS:-}
-  stamp "Monte Carlo images of seed $seed"
-  "$PY" -m fibml.synth out="$OUT/pre_$seed" seed=$seed "voltages=[2]" simulator=depth_weighted \
-    simulator.eta="$OUT/ann" overwrite=true ${SYNTH_ARGS:-}
+  stage "Monte Carlo images of seed $seed" "$PY" -m fibml.synth out="$OUT/mc_$seed" seed=$seed "voltages=[2]" \
+    simulator=montecarlo simulator.work_dir="$OUT/mc_$seed.partial" overwrite=true ${SYNTH_ARGS:-} ${MC_ARGS:-}
+  stage "preprocessed images of seed $seed" "$PY" -m fibml.synth out="$OUT/pre_$seed" seed=$seed "voltages=[2]" \
+    simulator=depth_weighted simulator.eta="$OUT/ann" overwrite=true ${SYNTH_ARGS:-}
 done
-stamp "preprocessed images"
 
-"$PY" "$REPO/train.py" experiment=cyclegan_sim data.source="$OUT/pre_0" data.target="$OUT/mc_0" logger=csv \
-  hydra.run.dir="$OUT/cyclegan" ${GAN_ARGS:-}
-stamp "CycleGAN trained"
-"$PY" "$REPO/predict.py" task=translate ckpt_path="$OUT/cyclegan" input="$OUT/pre_0" output="$OUT/sml_0" \
-  overwrite=true hydra.run.dir="$OUT/translate"
-stamp "ML simulation of seed 0"
+# shellcheck disable=SC2046,SC2086
+stage "CycleGAN trained" "$PY" "$REPO/train.py" experiment=cyclegan_sim data.source="$OUT/pre_0" data.target="$OUT/mc_0" \
+  logger=csv hydra.run.dir="$OUT/cyclegan" $(resume_from "$OUT/cyclegan") ${GAN_ARGS:-}
+stage "ML simulation of seed 0" "$PY" "$REPO/predict.py" task=translate ckpt_path="$OUT/cyclegan" input="$OUT/pre_0" \
+  output="$OUT/sml_0" overwrite=true hydra.run.dir="$OUT/translate"
 
 train_segmentations sml_0 mc_0
-"$PY" "$REPO/evaluate.py" "ckpt_path=[$OUT/seg_sml_0,$OUT/seg_mc_0]" data_dir="$OUT/mc_1" split=all \
-  hydra.run.dir="$OUT/scores"
-"$PY" - "$OUT" <<'EOF'
+overlap() {
+  "$PY" "$REPO/evaluate.py" "ckpt_path=[$OUT/seg_sml_0,$OUT/seg_mc_0]" data_dir="$OUT/mc_1" split=all \
+    hydra.run.dir="$OUT/scores"
+  "$PY" - "$OUT" <<'EOF'
 import sys
 from pathlib import Path
 
@@ -56,4 +56,5 @@ a, b = (read_stack(p)[0] == 1 for p in sorted(scores.glob("**/prediction*.tif"))
 dice = [2 * (x & y).sum() / (x.sum() + y.sum()) for x, y in ((a, b), (~a, ~b))]
 print(f"overlap of the two models' predictions on the Monte Carlo test volume: MDS {np.mean(dice):.4f}")
 EOF
-stamp "done"
+}
+stage "scored" overlap
