@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fibml.callbacks import CONFIG_KEY, LOGGERS_KEY, EmbedRunConfig
 from fibml.channels import channel_key, channel_label
@@ -52,6 +53,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+class TrainingStopped(RuntimeError):
+    """A training stopped from outside (SIGTERM: a scheduler's time limit, a kill) before its end."""
+
+
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Fit the configured model on the configured data; then, if cfg.evaluate, predict the
     held-out test block with the best checkpoint and write metrics.csv / metrics.md there."""
@@ -77,8 +82,15 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             # weights_only=False: fibml's checkpoints carry their run config and the optimizer
             # partials in hparams, which the safe unpickler refuses; they are the user's own files.
             trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=False if resume else None)
+        except SIGTERMException:
+            pass  # a SystemExit without a code: the process would exit with status 0, as if it had finished
         finally:
             _finish_loggers(loggers)
+        if trainer.received_sigterm:  # a scheduler's time limit, a kill: not a finished run
+            raise TrainingStopped(
+                f"training was stopped by SIGTERM in epoch {trainer.current_epoch}: {cfg.paths.output_dir} is not "
+                f"finished and was not evaluated; continue it with ckpt_path={cfg.paths.output_dir}"
+            )
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     weights = voltage_weights(model, cfg.data.get("voltages"))
     if weights and trainer.is_global_zero:

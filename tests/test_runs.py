@@ -1,12 +1,15 @@
 """Training runs beyond one model: late fusion from single-voltage checkpoints, and resuming."""
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
-from fibml.workflows import load_model, train
+from fibml.workflows import TrainingStopped, load_model, train
 from tests.conftest import FAST_TRAIN, compose_config, small_net
 
 
@@ -90,6 +93,24 @@ def test_resume_continues_the_same_run(tiny_dataset, tmp_path):
     other = compose_config("train", overrides + ["model.net.features=[4,8]", f"ckpt_path={run}"], tmp_path / "o")
     with pytest.raises(ValueError, match="resume with the same experiment"):
         train(other)
+
+
+class SigtermAfterFirstBatch(pl.Callback):
+    """Sends this process a SIGTERM (a scheduler's time limit, say) after the first training batch."""
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_training_stopped_by_sigterm_is_not_taken_for_finished(tiny_dataset, tmp_path):
+    # Lightning ends fit quietly on SIGTERM; train must neither evaluate nor return as if done
+    overrides = FAST_TRAIN + [f"data.data_dir={tiny_dataset}", "evaluate=true",
+                              "+callbacks.sigterm._target_=tests.test_runs.SigtermAfterFirstBatch"]
+    cfg = compose_config("train", overrides, tmp_path)
+    with pytest.raises(TrainingStopped, match=r"stopped by SIGTERM in epoch 0: .* continue it with ckpt_path="):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "metrics.md").exists()
 
 
 def test_evaluate_compares_several_methods_on_the_same_slices(single_runs, tiny_dataset, tmp_path):
