@@ -9,13 +9,14 @@ import pytorch_lightning as pl
 __all__ = ["CONFIG_KEY", "LOGGERS_KEY", "EmbedRunConfig"]
 
 CONFIG_KEY = "fibml_config"
-LOGGERS_KEY = "fibml_loggers"  # logger class name -> run id / version, so a resumed run continues them
+LOGGERS_KEY = "fibml_loggers"  # logger class name -> run id / version (a resumed run continues the wandb one)
 
 
 class EmbedRunConfig(pl.Callback):
     """Store the run's resolved config in every checkpoint, so evaluate.py and predict.py
     rebuild exactly the trained model (and its data settings) wherever the file goes; and the
-    loggers' run ids, so that `ckpt_path=...` continues the same wandb / CSV run."""
+    loggers' run ids, so that `ckpt_path=...` continues the same wandb run (a CSV log gets a new
+    version per launch: see fibml.workflows._prepare_resume)."""
 
     def __init__(self, config: Mapping):
         self.config = dict(config)

@@ -37,12 +37,13 @@ def run_script(name: str, out: Path, tmp_path: Path, **env) -> tuple[subprocess.
     return result, calls.read_text().splitlines()
 
 
-@pytest.mark.parametrize("script, gan_dir, stages", [
-    ("domain_adaptation.sh", "cyclegan", 8),  # 2 domains, CycleGAN, translate, distances, 2 segmentations, scores
-    ("ml_simulation.sh", "cyclegan", 10),     # ANN, 2 x (Monte Carlo, preprocessed), CycleGAN, translate, 2 seg., scores
+@pytest.mark.parametrize("script, stages", [
+    ("domain_adaptation.sh", 8),  # 2 domains, CycleGAN, translate, distances, 2 segmentations, scores
+    ("ml_simulation.sh", 10),     # ANN, 2 x (Monte Carlo, preprocessed), CycleGAN, translate, 2 seg., scores
 ])
-def test_resume_skips_finished_stages_and_continues_the_training(script, gan_dir, stages, tmp_path):
+def test_resume_skips_finished_stages_and_continues_the_training(script, stages, tmp_path):
     out = tmp_path / "out"
+    gan_dir = "cyclegan"  # both scripts' CycleGAN run folder
     # the CycleGAN stage fails (a stopped session): the stages before it are marked, it is not
     failed, calls = run_script(script, out, tmp_path, FAIL_ON=f"hydra.run.dir={out}/{gan_dir}")
     assert failed.returncode != 0
