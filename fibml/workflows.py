@@ -100,7 +100,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     evaluate, report = cfg.get("evaluate", False), cfg.get("report")
     if (evaluate or report) and trainer.is_global_zero:
-        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
+        # the checkpoint that monitors a metric (the other one keeps last.ckpt)
+        best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
         if best:
             log.info("evaluating the best checkpoint %s", best)
             model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])

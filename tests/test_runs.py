@@ -95,6 +95,20 @@ def test_resume_continues_the_same_run(tiny_dataset, tmp_path):
         train(other)
 
 
+def test_last_checkpoint_follows_epochs_that_did_not_improve(tiny_dataset, tmp_path):
+    # lr 0: the second epoch's validation loss equals the first's, so best.ckpt stays at epoch 0;
+    # last.ckpt must still hold epoch 1 (Lightning's save_last=true alone would leave it at epoch 0)
+    overrides = FAST_TRAIN + [f"data.data_dir={tiny_dataset}", "evaluate=false", "model.optimizer.lr=0.0"]
+    cfg = compose_config("train", overrides, tmp_path)
+    train(cfg)
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    state = {name: torch.load(checkpoints / f"{name}.ckpt", map_location="cpu", weights_only=False)
+             for name in ("best", "last")}
+    assert (state["best"]["epoch"], state["best"]["global_step"]) == (0, 3)
+    assert (state["last"]["epoch"], state["last"]["global_step"]) == (1, 6)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
 class SigtermAfterFirstBatch(pl.Callback):
     """Sends this process a SIGTERM (a scheduler's time limit, say) after the first training batch."""
 
