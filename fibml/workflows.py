@@ -801,8 +801,10 @@ def translate(cfg: DictConfig) -> Path:
     the input's channel of the trained source domain (target domain with direction=ba), scaled to
     [-1, 1] by its own percentiles as in training, translated slice by slice (Gaussian-blended
     sliding window), mapped to the grey values of the other domain; written with the same labels
-    and voxel size as a new dataset folder, ready for segmentation training."""
-    checkpoint = resolve_checkpoint(cfg.ckpt_path)
+    and voxel size as a new dataset folder, ready for segmentation training. A run folder gives its
+    last.ckpt: the validation cycle error that picks best.ckpt does not measure how realistic the
+    translation is (it may rise while the generators learn the target's look)."""
+    checkpoint = resolve_checkpoint(cfg.ckpt_path, prefer=("last.ckpt", "best.ckpt"))
     model, run_cfg = load_model(checkpoint)
     if not hasattr(model, "translate"):
         raise ValueError(f"{checkpoint} holds a {type(model).__name__}: task=translate needs a CycleGAN run "

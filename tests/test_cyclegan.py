@@ -217,6 +217,23 @@ def test_linear_decay():
     assert lrs == pytest.approx([1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0])
 
 
+@pytest.mark.parametrize("epoch_steps, expected", [(None, 4), (4, 2), (5, 1)])
+def test_scheduler_epoch_counts_iterations(domains, tmp_path, epoch_steps, expected):
+    # 4 data epochs of 2 batches: stepped every data epoch, or only in the epochs that cross a
+    # multiple of epoch_steps iterations (4: after batches 4 and 8; 5: after batch 6)
+    scheduler = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
+    task = make_task(pool_size=0, scheduler=scheduler, scheduler_epoch_steps=epoch_steps)
+    trainer = pl.Trainer(
+        max_epochs=4, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+    )
+    trainer.fit(task, datamodule=make_datamodule(domains))
+    assert [config.scheduler.last_epoch for config in trainer.lr_scheduler_configs] == [expected, expected]
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(2e-4 * 0.5**expected)
+    with pytest.raises(ValueError, match="scheduler_epoch_steps"):
+        make_task(scheduler=scheduler, scheduler_epoch_steps=0)
+
+
 # ---- unpaired data
 
 

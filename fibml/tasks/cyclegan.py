@@ -37,6 +37,12 @@ class CycleGANTask(pl.LightningModule):
     scheduler: an optional partial completed with each optimizer, stepped once per epoch:
         `linear_decay` (CycleGAN) or ReduceLROnPlateau (the paper, Table 1), which reads
         `scheduler_monitor` (val/loss by default).
+    scheduler_epoch_steps: the length of the scheduler's epoch in training iterations (batches),
+        when it should not be the data's epoch: the scheduler is then stepped only at the end of a
+        data epoch in which the iteration count crossed a multiple of it (so at most once per data
+        epoch). The paper's patience of 10 epochs means 10 x 25,088 iterations (its appendix C); on
+        a dataset of a few hundred patches, stepping every data epoch would cut the learning rate
+        after about 1 % of that. None: every data epoch.
     lambda_cycle: weight of the cycle L1 loss; lambda_identity: identity L1 weight relative to it.
     pool_size: images in each discriminator's history pool (0 disables the pools); seed seeds them.
 
@@ -53,12 +59,16 @@ class CycleGANTask(pl.LightningModule):
         optimizer: Callable,
         scheduler: Callable | None = None,
         scheduler_monitor: str = "val/loss",
+        scheduler_epoch_steps: int | None = None,
         lambda_cycle: float = 10.0,
         lambda_identity: float = 0.5,
         pool_size: int = 50,
         seed: int = 0,
     ):
         super().__init__()
+        if scheduler_epoch_steps is not None and scheduler_epoch_steps < 1:
+            raise ValueError(f"scheduler_epoch_steps must be a positive number of iterations or None, got "
+                             f"{scheduler_epoch_steps}")
         if lambda_cycle < 0 or lambda_identity < 0:
             raise ValueError(
                 f"loss weights must be >= 0, got lambda_cycle {lambda_cycle}, lambda_identity {lambda_identity}"
@@ -155,13 +165,22 @@ class CycleGANTask(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         # this epoch's validation has run by now, so a plateau scheduler sees its val/loss
         schedulers = self.lr_schedulers()
-        if schedulers is None:
+        if schedulers is None or not self._scheduler_epoch_ended():
             return
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             if isinstance(scheduler, ReduceLROnPlateau):
                 scheduler.step(self._monitored())
             else:
                 scheduler.step()
+
+    def _scheduler_epoch_ended(self) -> bool:
+        """Whether this data epoch ends a scheduler epoch (see scheduler_epoch_steps)."""
+        steps = self.hparams.scheduler_epoch_steps
+        if steps is None:
+            return True
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress  # restored with the loops on a resume
+        done, this_epoch = progress.total.completed, progress.current.completed
+        return done // steps > (done - this_epoch) // steps
 
     def _monitored(self) -> Tensor:
         monitor = self.hparams.scheduler_monitor
