@@ -97,6 +97,16 @@ def test_cyclegan_experiment_composes_with_the_papers_settings(experiment, tmp_p
         assert "artefacts" not in cfg.data.source_generator
 
 
+def test_cyclegan_length_in_steps_and_residual_generators(tmp_path):
+    # a CycleGAN's length is counted in optimizer steps (the paper's epochs are 25,088 iterations)
+    cfg = compose_config("train", ["experiment=cyclegan_sim", "trainer.max_steps=50000",
+                                   "model.generator_ab.residual=true"], tmp_path)
+    assert instantiate(cfg.trainer, logger=False, enable_checkpointing=False).max_steps == 50000
+    model = build_model(cfg.model)
+    assert model.generator_ab.residual and model.generator_ba.residual  # generator_ba follows generator_ab
+    assert not build_model(compose_config("train", ["experiment=cyclegan_sim"], tmp_path).model).generator_ab.residual
+
+
 def test_late_fusion_branch_stage_follows_the_epochs(tmp_path):
     cfg = compose_config("train", ["experiment=late_fusion"], tmp_path)
     assert cfg.model.branch_epochs == 70

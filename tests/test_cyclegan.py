@@ -71,6 +71,20 @@ def test_generator_shape_and_range():
     assert y.min() >= -1 and y.max() <= 1 and y.abs().max() > 0.99
 
 
+def test_residual_generator_starts_near_the_identity():
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, PATCH, PATCH) * 2 - 1
+    residual, plain = UNetGenerator(features=(8, 16), residual=True), UNetGenerator(features=(8, 16))
+    with torch.no_grad():
+        near = (residual(x) - x).abs().mean()
+        far = (plain(x) - x).abs().mean()
+        assert near < 0.1 < far  # the plain generator starts near a constant, so about |x| away
+        residual.unet.head.bias.fill_(0.5)  # the U-Net's output is added to atanh(x): brighter everywhere
+        assert (residual(x) > torch.tanh(torch.atanh(x.clamp(-0.999, 0.999)) + 0.3)).float().mean() > 0.9
+    with pytest.raises(ValueError, match="in_channels == out_channels"):
+        UNetGenerator(in_channels=2, out_channels=1, residual=True)
+
+
 def test_discriminator_patch_map_and_receptive_field():
     discriminator = PatchDiscriminator(ndf=8, n_layers=3)
     # 64 -> 32 -> 16 -> 8 (stride 2), 7, 6 (stride 1, 4x4 kernels)

@@ -19,6 +19,7 @@ from fibml.nets.unet import ResidualUNet
 __all__ = ["ImagePool", "PatchDiscriminator", "UNetGenerator", "init_weights", "receptive_field"]
 
 _DISCRIMINATOR_NORMS = ("instance", "batch", "none")
+_RESIDUAL_LIMIT = 0.999  # atanh(0.999) = 3.8: grey values within 0.1 % of the range ends are kept to that
 
 
 class UNetGenerator(nn.Module):
@@ -26,6 +27,11 @@ class UNetGenerator(nn.Module):
 
     forward: (B, in_channels, y, x) in [-1, 1] -> (B, out_channels, y, x) in [-1, 1], same size.
     Arguments as fibml.nets.unet.ResidualUNet's; weights are drawn by init_weights(gain=init_gain).
+
+    residual: a global skip from input to output, ``tanh(atanh(x) + unet(x))``: the U-Net learns
+    only the change of domain, and a fresh generator (small weights) starts near the identity, so
+    the structure is kept from the first step instead of being learnt back through the cycle loss.
+    Needs in_channels == out_channels. False is the paper's plain generator.
     """
 
     def __init__(
@@ -37,15 +43,21 @@ class UNetGenerator(nn.Module):
         norm: str = "instance",
         dropout: float = 0.0,
         init_gain: float = 0.02,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        if residual and self.in_channels != self.out_channels:
+            raise ValueError(f"residual=True needs in_channels == out_channels, got {in_channels} and {out_channels}")
+        self.residual = bool(residual)
         self.unet = ResidualUNet(
             in_channels, out_channels, spatial_dims=2, features=features, n_blocks=n_blocks, norm=norm, dropout=dropout
         )
         init_weights(self, gain=init_gain)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.residual:  # the input's own pre-activation; the clamp keeps atanh finite at +-1
+            return torch.tanh(torch.atanh(x.clamp(-_RESIDUAL_LIMIT, _RESIDUAL_LIMIT)) + self.unet(x))
         return torch.tanh(self.unet(x))
 
 
