@@ -1,8 +1,8 @@
 """Speed and peak memory of `python predict.py` on a real-size multi-voltage stack (issue 9).
 
     python benchmarks/predict_speed.py [--data-dir DIR] [--shape 316 3072 2048] [--slices N | --all]
-        [--device auto|cpu|cuda] [--precision 32|bf16] [--ckpt RUN_OR_CKPT] [--overlap 0.5]
-        [--sw-batch-size 32] [--chunk-slices 16] [--keep]
+        [--device auto|cpu|cuda] [--precision 32|bf16] [--ckpt RUN_OR_CKPT] [--net-override KEY=VALUE]
+        [--overlap 0.5] [--sw-batch-size 32] [--chunk-slices 16] [--keep]
 
 1. The stack: bse_1kV.tif, bse_2kV.tif and bse_4kV.tif of --shape (default the paper's real
    acquisition, 316 x 3072 x 2048 pixels per voltage, uint8: 6.0 GB on disk) in --data-dir (default
@@ -10,7 +10,9 @@
    from a 96 x 256 x 256 fast-forward-model dataset, tiled: the grey values and shine-through of
    real data, without a structure generator of 6 billion voxels.
 2. The model: --ckpt, or a fresh (untrained) net of experiment=late_fusion saved as a fibml
-   checkpoint: only the time and memory mean anything then, not the segmentation.
+   checkpoint: only the time and memory mean anything then, not the segmentation. --net-override
+   shrinks it (e.g. 'model.net.branch.features=[4]'); --ckpt of a tiny trained net (two phases in
+   the output, so the report computes everything) lets the whole stack run end to end on a CPU.
 3. `python predict.py ckpt_path=... input=<data-dir> output=<tmp> z_range=[0, N]` in a child
    process, as a user runs it. Measured: wall time of the child; the prediction's own slices/s
    (prediction.json, the chunked prediction alone); the child's peak resident memory
@@ -85,8 +87,9 @@ def write_stacks(folder: Path, shape: tuple[int, int, int]) -> float:
     return time.perf_counter() - started
 
 
-def fresh_checkpoint(path: Path) -> Path:
-    """A late-fusion net of experiment=late_fusion with fresh weights, as a fibml checkpoint."""
+def fresh_checkpoint(path: Path, overrides: list[str] = ()) -> Path:
+    """A late-fusion net of experiment=late_fusion (plus Hydra `overrides`) with fresh weights, as a
+    fibml checkpoint."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -96,7 +99,7 @@ def fresh_checkpoint(path: Path) -> Path:
 
     register_resolvers()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=late_fusion"])
+        cfg = compose("train", overrides=["experiment=late_fusion", *overrides])
     torch.manual_seed(0)
     model = build_model(cfg.model)
     config = OmegaConf.to_container(cfg, resolve=False)
@@ -115,6 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="32", choices=("32", "bf16"))
     parser.add_argument("--ckpt", default=None, help="a trained run or checkpoint (default: a fresh late-fusion net)")
+    parser.add_argument("--net-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="Hydra override of the fresh net, e.g. 'model.net.branch.features=[4,8]' for a "
+                             "net small enough to run the whole stack through the pipeline on a CPU")
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--sw-batch-size", type=int, default=32)
     parser.add_argument("--chunk-slices", type=int, default=16)
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"predict_speed: 3 x {shape[0]} x {shape[1]} x {shape[2]} uint8 "
               f"({3 * np.prod(shape) / 1e9:.1f} GB), {n} slices predicted on {device}", flush=True)
         write_s = write_stacks(data, shape)
-        ckpt = args.ckpt or fresh_checkpoint(work / "late_fusion_fresh.ckpt")
+        ckpt = args.ckpt or fresh_checkpoint(work / "late_fusion_fresh.ckpt", args.net_override)
         out = work / "out"
         command = [
             sys.executable, str(REPO / "predict.py"), f"ckpt_path={ckpt}", f"input={data}", f"output={out}",
