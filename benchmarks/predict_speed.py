@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +88,7 @@ def write_stacks(folder: Path, shape: tuple[int, int, int]) -> float:
     return time.perf_counter() - started
 
 
-def fresh_checkpoint(path: Path, overrides: list[str] = ()) -> Path:
+def fresh_checkpoint(path: Path, overrides: Sequence[str] = ()) -> Path:
     """A late-fusion net of experiment=late_fusion (plus Hydra `overrides`) with fresh weights, as a
     fibml checkpoint."""
     from hydra import compose, initialize_config_dir
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--precision", default="32", choices=("32", "bf16"))
     parser.add_argument("--ckpt", default=None, help="a trained run or checkpoint (default: a fresh late-fusion net)")
     parser.add_argument("--net-override", action="append", default=[], metavar="KEY=VALUE",
-                        help="Hydra override of the fresh net, e.g. 'model.net.branch.features=[4,8]' for a "
+                        help="Hydra override of the fresh net, e.g. 'model.net.branch.features=[4]' for a "
                              "net small enough to run the whole stack through the pipeline on a CPU")
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--sw-batch-size", type=int, default=32)

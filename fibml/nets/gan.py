@@ -19,7 +19,7 @@ from fibml.nets.unet import ResidualUNet
 __all__ = ["ImagePool", "PatchDiscriminator", "UNetGenerator", "init_weights", "receptive_field"]
 
 _DISCRIMINATOR_NORMS = ("instance", "batch", "none")
-_RESIDUAL_LIMIT = 0.999  # atanh(0.999) = 3.8: grey values within 0.1 % of the range ends are kept to that
+_RESIDUAL_LIMIT = 0.999  # residual generator: inputs beyond +-0.999 count as +-0.999 (atanh 3.8, not infinite)
 
 
 class UNetGenerator(nn.Module):
