@@ -2,7 +2,7 @@
 
     python benchmarks/predict_speed.py [--data-dir DIR] [--shape 316 3072 2048] [--slices N | --all]
         [--device auto|cpu|cuda] [--precision 32|bf16] [--ckpt RUN_OR_CKPT] [--net-override KEY=VALUE]
-        [--overlap 0.5] [--sw-batch-size 32] [--chunk-slices 16] [--keep]
+        [--overlap 0.5] [--sw-batch-size 32] [--chunk-slices 16] [--default-malloc] [--keep]
 
 1. The stack: bse_1kV.tif, bse_2kV.tif and bse_4kV.tif of --shape (default the paper's real
    acquisition, 316 x 3072 x 2048 pixels per voltage, uint8: 6.0 GB on disk) in --data-dir (default
@@ -21,7 +21,8 @@
    (default 4 on a CPU, where the whole stack would take hours; all slices on a GPU): the stack
    is opened, normalised (percentiles of sampled slices of all 316) and reported as a whole either
    way, so memory is that of the full-size run. The projected time for the whole stack scales
-   the prediction's slices/s.
+   the prediction's slices/s. --default-malloc runs predict.py with inference.reuse_memory=false
+   (glibc's malloc as it comes: half the speed on 2 CPU cores, see fibml.inference.reuse_host_memory).
 Targets (issue 9): peak RAM under 4 GB on the CPU; on one GPU the whole stack in under 10 minutes.
 """
 
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--sw-batch-size", type=int, default=32)
     parser.add_argument("--chunk-slices", type=int, default=16)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="inference.reuse_memory=false: leave glibc's malloc as it is (for comparison)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary stacks and output")
     args = parser.parse_args(argv)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
@@ -143,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
             sys.executable, str(REPO / "predict.py"), f"ckpt_path={ckpt}", f"input={data}", f"output={out}",
             f"z_range=[0,{n}]", f"inference.device={device}", f"inference.precision={args.precision}",
             f"inference.overlap={args.overlap}", f"inference.sw_batch_size={args.sw_batch_size}",
-            f"inference.chunk_slices={args.chunk_slices}", f"hydra.run.dir={work / 'hydra'}",
+            f"inference.chunk_slices={args.chunk_slices}", f"inference.reuse_memory={not args.default_malloc}",
+            f"hydra.run.dir={work / 'hydra'}",
         ]
         started = time.perf_counter()
         subprocess.run(command, check=True)
@@ -158,10 +162,11 @@ def main(argv: list[str] | None = None) -> dict:
     whole = per_slice * shape[0]
     hardware = torch.cuda.get_device_name(0) if device == "cuda" else f"{os.cpu_count()} CPU cores"
     print(f"\n{time.strftime('%Y-%m-%d')}, {hardware}, torch {torch.__version__}, Python {platform.python_version()}")
-    print("| stack | device | precision | slices | prediction slices/s | voxels/s (per voltage) | "
+    print("| stack | device | precision | malloc | slices | prediction slices/s | voxels/s (per voltage) | "
           "whole stack (projected) | predict.py wall | peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| 3 x {' x '.join(map(str, shape))} uint8 | {device} | {args.precision} | {n} | "
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    malloc = "default" if args.default_malloc else "reuse"
+    print(f"| 3 x {' x '.join(map(str, shape))} uint8 | {device} | {args.precision} | {malloc} | {n} | "
           f"{info['slices_per_second']:.3g} | {voxels_per_s:.3g} | {whole / 60:.1f} min | {wall:.1f} s | "
           f"{peak_gb:.2f} GB |")
     verdicts = []

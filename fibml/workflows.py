@@ -626,6 +626,7 @@ def predict(cfg: DictConfig) -> Path:
         sw_batch_size=inference.get("sw_batch_size", 32), device=device, devices=devices,
         n_classes=int(run_cfg.model.n_classes), save_probabilities=bool(cfg.get("save_probabilities", False)),
         voxel_size_nm=voxel, fingerprint=fingerprint, overwrite=bool(cfg.get("overwrite", False)),
+        reuse_memory=bool(inference.get("reuse_memory", False)),
     )
     if table is not None:
         write_shifts_csv(out / "shifts.csv", table)
@@ -838,6 +839,7 @@ def translate(cfg: DictConfig) -> Path:
         lambda x: model.translate(x, direction), images, dims="2d", patch_size=run_cfg.data.patch_size,
         overlap=cfg.inference.get("overlap", 0.5), slices_per_batch=cfg.inference.get("slices_per_batch", 8),
         sw_batch_size=cfg.inference.get("sw_batch_size", 32), device=device,
+        reuse_memory=bool(cfg.inference.get("reuse_memory", False)),
     )[0]
     seconds = time.perf_counter() - started
     translated = from_unit(translated, *scaling[target_domain])
@@ -1067,6 +1069,7 @@ def _predict(model, images: np.ndarray, settings: dict, inference: Mapping, z_ra
         overlap=inference.get("overlap", 0.5),
         slices_per_batch=inference.get("slices_per_batch", 8),
         sw_batch_size=inference.get("sw_batch_size", 32),
+        reuse_memory=bool(inference.get("reuse_memory", False)),
         **settings,
     )
 

@@ -1,5 +1,9 @@
 """Sliding-window prediction: no seams, the right slices and channels for 2D, 2.5D and 3D."""
 
+import platform
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -63,3 +67,30 @@ def test_25d_feeds_adjacent_slices_voltage_major():
             source = abs(z + dz) if z + dz >= 0 else -(z + dz)
             source = 2 * 8 - source if source > 8 else source  # mirrored at the stack ends
             np.testing.assert_allclose(probs[1, z], images[v, source], atol=1e-6)
+
+
+_FAULTS = """
+import resource, sys, torch
+from fibml.inference import reuse_host_memory
+if sys.argv[1] == "reuse":
+    assert reuse_host_memory()
+block = 64 * 2**20 // 4  # 64 MB of float32: above glibc's largest mmap threshold (32 MB)
+for _ in range(2):
+    torch.ones(block)  # first uses: new pages either way (the second does not fit the first's aligned hole)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    torch.ones(block)  # allocated, written, freed, like a batch's tensors
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="reuse_host_memory tunes glibc's malloc")
+def test_reuse_host_memory_reuses_freed_blocks_without_page_faults():
+    # in fresh interpreters: the setting is process-wide and permanent
+    def faults(mode):
+        done = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
+        return int(done.stdout.split()[-1])
+
+    pages = 5 * 64 * 2**20 // 4096
+    assert faults("reuse") < 0.02 * pages  # the freed block is taken again, its pages already mapped
+    assert faults("default") > 0.5 * pages  # glibc maps and unmaps it each time
