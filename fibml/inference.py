@@ -262,7 +262,7 @@ def predict_to_disk(
         settings): a finished or half-done prediction is reused only when it matches.
     overwrite: discard a work folder or finished result of another fingerprint.
     on_chunk(index, n_chunks): called after each chunk is committed (flushed and recorded).
-    reuse_memory: call reuse_host_memory() in every process that predicts (twice as fast on
+    reuse_memory: call reuse_host_memory() in every process that predicts (1.5-2x faster on
         2 CPU cores; changes this process's malloc for good).
 
     Returns a summary: shape, n_chunks, chunks_computed (this call), chunks_resumed,
@@ -421,15 +421,17 @@ def reuse_host_memory(trim_threshold: int = 2**30) -> bool:
     whether it could (False elsewhere: musl, macOS, Windows).
 
     Every batch of windows allocates the same large tensors again (the batch, the net's
-    activations, the weighted probabilities). glibc serves blocks of more than 128 kB to 32 MB
-    (its dynamic threshold) with a fresh mmap and unmaps them when freed, so each batch maps,
-    page-faults and zeroes them anew: predicting a 3 x 3072 x 2048 slice on 2 CPU cores took
-    3.4 million page faults and a third of the CPU time in the kernel. Here no block is mmapped
+    activations, the weighted probabilities). glibc serves blocks above its mmap threshold (128
+    kB at first, raised as blocks are freed, but never above 32 MB) with a fresh mmap and unmaps
+    them when freed, so each batch maps, page-faults and zeroes them anew: with a tiny net,
+    predicting a 3 x 3072 x 2048 slice on 2 CPU cores took 3.4 million page faults and a third
+    of the CPU time in the kernel (1.5-2x slower than with this setting). Here no block is mmapped
     (M_MMAP_MAX 0: from the heap, reused once freed) and the heap is given back to the system
     only when more than `trim_threshold` bytes at its top are free, which bounds what it keeps.
     It is what LD_PRELOAD of jemalloc or tcmalloc (PyTorch's CPU performance guide) does for
-    this pattern, without a library to install. Process-wide and permanent: for one-shot
-    prediction processes (predict.py, evaluate.py); see benchmarks/RESULTS.md for the figures.
+    this pattern, without a library to install. Process-wide and permanent: for processes that
+    end after predicting (predict.py, evaluate.py, the evaluation after training); up to
+    trim_threshold more resident memory. Figures in benchmarks/RESULTS.md.
     """
     import ctypes
     import platform
