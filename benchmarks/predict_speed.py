@@ -22,7 +22,7 @@
    is opened, normalised (percentiles of sampled slices of all 316) and reported as a whole either
    way, so memory is that of the full-size run. The projected time for the whole stack scales
    the prediction's slices/s. --default-malloc runs predict.py with inference.reuse_memory=false
-   (glibc's malloc as it comes: half the speed on 2 CPU cores, see fibml.inference.reuse_host_memory).
+   (glibc's malloc as it comes: 1.5-2x slower on 2 CPU cores, see fibml.inference.reuse_host_memory).
 Targets (issue 9): peak RAM under 4 GB on the CPU; on one GPU the whole stack in under 10 minutes.
 """
 
