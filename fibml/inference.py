@@ -72,6 +72,7 @@ file; the parent follows the done files (progress bar, on_chunk) and finalises.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -433,14 +434,23 @@ def reuse_host_memory(trim_threshold: int = 2**30) -> bool:
     end after predicting (predict.py, evaluate.py, the evaluation after training); up to
     trim_threshold more resident memory. Figures in benchmarks/RESULTS.md.
     """
+    libc = _glibc()
+    if libc is None:
+        return False
+    threshold = int(min(max(trim_threshold, 0), 2**31 - 1))  # mallopt takes an int
+    return bool(libc.mallopt(_M_TRIM_THRESHOLD, threshold)) and bool(libc.mallopt(_M_MMAP_MAX, 0))
+
+
+@functools.cache
+def _glibc():
+    """glibc as a ctypes library, or None on another C library (looked up once: platform.libc_ver
+    reads the interpreter's binary)."""
     import ctypes
     import platform
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(None)  # the C library this interpreter runs on
-    threshold = int(min(max(trim_threshold, 0), 2**31 - 1))  # mallopt takes an int
-    return bool(libc.mallopt(_M_TRIM_THRESHOLD, threshold)) and bool(libc.mallopt(_M_MMAP_MAX, 0))
+        return None
+    return ctypes.CDLL(None)  # the C library this interpreter runs on
 
 
 # --- shared by predict_volume and predict_to_disk ------------------------------------------
