@@ -99,13 +99,19 @@ def test_intermediate_fusion_head_is_the_papers():
 
 class _Snapshots(pl.Callback):
     def __init__(self):
-        self.branches, self.ensemble, self.running_mean = [], [], []
+        self.branches, self.ensemble, self.running_mean, self.branch_grads = [], [], [], []
 
     def on_train_epoch_end(self, trainer, module):
         net = module.net
         self.branches.append(torch.cat([p.detach().flatten().clone() for p in net.branches.parameters()]))
         self.ensemble.append(torch.cat([p.detach().flatten().clone() for p in net.ensemble.parameters()]))
         self.running_mean.append(net.branches[0].encoder[0][0].norm1.running_mean.clone())
+
+    def on_after_backward(self, trainer, module):
+        # whether this step's backward pass went through the branches (one entry per epoch)
+        grads = any(p.grad is not None for p in module.net.branches.parameters())
+        if len(self.branch_grads) == trainer.current_epoch:
+            self.branch_grads.append(grads)
 
 
 def _late_task(branch_epochs: int) -> LateFusionTask:
@@ -134,9 +140,27 @@ def test_late_fusion_trains_branches_first_then_only_the_ensemble():
     assert torch.equal(b[2], b[3]) and torch.equal(b[1], b[2])  # stage 2 (epochs 2, 3): frozen
     assert torch.equal(bn[2], bn[3])  # batch-norm statistics frozen too
     assert not torch.equal(e[2], e[3])  # while the ensemble keeps learning
+    # one process: frozen branches run forward only, no backward pass through them
+    assert snaps.branch_grads == [True, True, False, False]
     assert {"val/loss_1kV", "val/loss_4kV", "ensemble/weight_2kV"} <= set(trainer.callback_metrics)
     assert trainer.optimizers[0].param_groups[0]["lr"] == 0.0  # branches' group
     assert trainer.optimizers[0].param_groups[1]["lr"] == pytest.approx(1e-2)
+
+
+def test_late_fusion_from_checkpoints_never_backpropagates_through_the_branches():
+    # branch_epochs=0 (model.branch_ckpts, the paper's procedure): the branches are frozen before
+    # DDP could wrap them, so a step costs their inference only, and the ensemble still learns
+    pl.seed_everything(0)
+    task, snaps = _late_task(branch_epochs=0), _Snapshots()
+    assert not any(p.requires_grad for p in task.net.branches.parameters())
+    start = torch.cat([p.detach().flatten().clone() for p in task.net.branches.parameters()])
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[snaps])
+    trainer.fit(task, _loader(), _loader(8))
+    assert snaps.branch_grads == [False, False]
+    assert torch.equal(snaps.branches[1], start)
+    assert not torch.equal(snaps.ensemble[0], snaps.ensemble[1])
+    assert {"val/loss_1kV", "train/loss_4kV"} <= set(trainer.callback_metrics)
 
 
 def test_late_fusion_task_checks_its_inputs():

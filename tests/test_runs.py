@@ -53,6 +53,30 @@ def test_late_fusion_from_single_voltage_checkpoints(single_runs, tiny_dataset, 
     assert run_cfg.model.branch_ckpts is not None and type(rebuilt.net).__name__ == "LateFusion"
 
 
+@pytest.mark.parametrize("branches", ["checkpoints", "two_stages"])
+def test_late_fusion_trains_under_ddp(branches, single_runs, tiny_dataset, tmp_path):
+    # frozen branches: without a graph when they come from checkpoints (frozen before DDP wraps
+    # them), with a weight-0 graph in stage 2 when they trained in stage 1 (DDP registered them)
+    overrides = small_net(FAST_TRAIN, "late_fusion") + [
+        "experiment=late_fusion", f"data.data_dir={tiny_dataset}", "trainer=ddp_cpu", "data.num_workers=0",
+        "trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "evaluate=false",
+    ]
+    if branches == "checkpoints":
+        overrides.append("model.branch_ckpts=[" + ",".join(str(single_runs[v]) for v in (1, 2, 4)) + "]")
+    cfg = compose_config("train", overrides, tmp_path)
+    _, objects = train(cfg)
+    assert objects["trainer"].world_size == 2 and objects["trainer"].state.finished
+    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 1 and state["global_step"] == 4
+    model, _ = load_model(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    if branches == "checkpoints":  # the single-voltage nets, untouched by the ensemble's training
+        single, _ = load_model(single_runs[1] / "checkpoints" / "best.ckpt")
+        for a, b in zip(single.net.state_dict().values(), model.net.branches[0].state_dict().values()):
+            assert torch.equal(a, b)
+    weights = json.loads((Path(cfg.paths.output_dir) / "voltage_weights.json").read_text())
+    assert weights["1kV"] != pytest.approx(1 / 3)  # the ensemble learned in both
+
+
 def test_branch_checkpoints_must_match_the_voltages(single_runs, tiny_dataset, tmp_path):
     base = small_net(FAST_TRAIN, "late_fusion") + ["experiment=late_fusion", f"data.data_dir={tiny_dataset}"]
     swapped = f"model.branch_ckpts=[{single_runs[2]},{single_runs[1]},{single_runs[4]}]"

@@ -12,13 +12,17 @@ trained and optimized"; then their output probabilities train the ensemble layer
   eval mode) and only the ensemble layer trains, on the final branches' outputs.
 
 With branches loaded from single-voltage checkpoints (``model.branch_ckpts``), ``branch_epochs``
-is 0: only the ensemble trains, which is the paper's procedure. The graph is the same in both
-stages (the frozen branches' loss has weight 0), so DDP sees every parameter used in every step.
+is 0: only the ensemble trains, which is the paper's procedure. Frozen branches then run forward
+only, without an autograd graph (their parameters stop requiring gradients before DDP wraps the
+model), so a step costs the branches' inference and not their backward pass. Under DDP, branches
+that trained in stage 1 keep the graph in stage 2 with a loss of weight 0, because DDP expects a
+gradient in every step for every parameter it registered.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +65,8 @@ class LateFusionTask(SegmentationTask):
             raise ValueError(f"{len(voltages)} voltages {list(voltages)} for {net.n_voltages} branches")
         super().__init__(net, loss, optimizer, scheduler, scheduler_monitor, n_classes, solid_class)
         self.branch_epochs = int(branch_epochs)
+        if self.branch_epochs == 0:  # frozen from the start: no gradients, so no backward through them
+            self.net.branches.requires_grad_(False)
         self.names = [channel_label(v) for v in voltages] if voltages is not None else [
             f"branch{i}" for i in range(net.n_voltages)
         ]
@@ -72,7 +78,8 @@ class LateFusionTask(SegmentationTask):
 
     def forward_loss(self, x: Tensor, y: Tensor, stage: str) -> tuple[Tensor, Tensor, Tensor]:
         target = y.unsqueeze(1)
-        branch_logits = self.net.branch_logits(x)
+        with nullcontext() if self._branch_graph_needed() else torch.no_grad():
+            branch_logits = self.net.branch_logits(x)
         logits = self.net.combine([torch.softmax(z, dim=1).detach() for z in branch_logits])
         loss = self.loss(logits, target)
         branch_losses = [self.loss(z, target) for z in branch_logits]
@@ -80,6 +87,15 @@ class LateFusionTask(SegmentationTask):
             self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
         weight = 0.0 if self.branches_frozen else 1.0
         return logits, loss, loss + weight * torch.stack(branch_losses).sum()
+
+    def _branch_graph_needed(self) -> bool:
+        """Whether the branches' forward pass must build an autograd graph: while they learn, and
+        under DDP for branches that were trainable when DDP registered them."""
+        if not torch.is_grad_enabled() or not any(p.requires_grad for p in self.net.branches.parameters()):
+            return False
+        if not self.branches_frozen:
+            return True
+        return self._trainer is not None and self.trainer.world_size > 1
 
     def on_train_epoch_start(self) -> None:
         if self.branches_frozen:
