@@ -25,10 +25,10 @@ import numpy as np
 
 from fibml.channels import channel_key
 from fibml.data.transforms import normalize_channels
-from fibml.inference import predict_volume, resolve_device
+from fibml.inference import resolve_device
 from fibml.io import read_dataset
 from fibml.metrics.confusion import confusion_matrix, misplaced_pixels, misplaced_solid_pixels
-from fibml.workflows import load_model, resolve_checkpoint
+from fibml.workflows import _data_settings, _predict, load_model, resolve_checkpoint
 
 
 def solid_probability(run: Path, dataset, device, sw_batch_size: int) -> tuple[np.ndarray, str]:
@@ -40,10 +40,9 @@ def solid_probability(run: Path, dataset, device, sw_batch_size: int) -> tuple[n
     if missing:
         raise ValueError(f"{run} needs the channels {missing}, which the dataset does not have")
     images = normalize_channels([dataset.images[v] for v in voltages], **dict(cfg.data.get("normalize") or {}))
-    probs = predict_volume(
-        model.eval().to(device).probabilities, images, dims=cfg.data.dims, patch_size=cfg.data.patch_size,
-        n_adjacent=cfg.data.n_adjacent, sw_batch_size=sw_batch_size, device=device, reuse_memory=True,
-    )
+    # evaluate.py's own prediction (sliding window, the model's input layout), not a copy of it
+    inference = {"device": device, "sw_batch_size": sw_batch_size, "reuse_memory": True}
+    probs = _predict(model, images, _data_settings(cfg.data), inference)
     return probs[int(cfg.model.solid_class)], f"{Path(run).name} ({cfg.data.dims}, {'+'.join(map(str, cfg.data.voltages))} kV)"
 
 
