@@ -168,6 +168,7 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
         )
     out = Path(cfg.paths.output_dir)
     split = cfg.get("split", "test")
+    morphology = _morphology_settings(cfg.get("morphology"))
     reference = None if specs else _test_datamodule(cfg.data, cfg.get("data_dir"))
     jobs = _baseline_jobs(methods, reference) if reference is not None else None
     rows, panels, curves = [], {}, {}
@@ -187,7 +188,7 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
         name = _unique(method_name(run_cfg), [r["method"] for r in rows], checkpoint)
         row, panels[name] = _evaluate_one(
             model, datamodule, out / _slug(name) if several else out, name, cfg.inference, split,
-            cfg.get("save_predictions", True), print_table=not several, curves=curves,
+            cfg.get("save_predictions", True), print_table=not several, curves=curves, morphology=morphology,
         )
         rows.append(row)
     several = len(specs) + len(jobs) > 1
@@ -196,11 +197,11 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
         row, panels[job["name"]] = _evaluate_baseline(
             job, reference, raw, split, cfg.get("baseline_training") or {},
             out / _slug(job["name"]) if several else out, cfg.get("save_predictions", True), print_table=not several,
-            curves=curves,
+            curves=curves, morphology=morphology,
         )
         rows.append(row)
     if several:
-        _write_comparison(out, rows, panels, curves, reference, split)
+        _write_comparison(out, rows, panels, curves, reference, split, morphology)
         return rows
     return rows[0]
 
@@ -261,7 +262,7 @@ def _baseline_jobs(methods: Mapping, reference) -> list[dict]:
 
 
 def _evaluate_baseline(job: Mapping, reference, raw, split: str, training: Mapping, out_dir: Path,
-                       save_predictions: bool, print_table: bool, curves: dict):
+                       save_predictions: bool, print_table: bool, curves: dict, morphology: Mapping | None = None):
     """Fit (on sparse labels of the training block, if the baseline learns) and apply one
     baseline to the scored slices of the reference dataset; its row, prediction and files."""
     z = reference.z_range(split)
@@ -280,7 +281,7 @@ def _evaluate_baseline(job: Mapping, reference, raw, split: str, training: Mappi
     prediction = segmenter.predict(images[:, z0:z1])[z.start - z0 : z.stop - z0]
     truth = _labels(reference, z)
     row = _score_row(job["name"], split, z, prediction, truth, n_phases, reference.dataset.voxel_size_nm, curves,
-                     phases=_phase_names(reference, n_phases))
+                     phases=_phase_names(reference, n_phases), morphology=morphology)
     row |= extra
     method_curves = {key: curves[key] for key in ("ground truth", job["name"]) if key in curves}
     _write_method(out_dir, row, prediction, reference, z, save_predictions, print_table, method_curves)
@@ -409,20 +410,23 @@ def _check_same_slices(datamodule, reference, split: str, checkpoint: Path) -> N
         )
 
 
-def _write_comparison(out: Path, rows: list[dict], panels: dict, curves: dict, reference, split: str) -> None:
+def _write_comparison(out: Path, rows: list[dict], panels: dict, curves: dict, reference, split: str,
+                      morphology: Mapping | None = None) -> None:
     """metrics.* (a row per method), comparison.* (a column per method) and comparison.png."""
     z = reference.z_range(split)
     truth = _labels(reference, z)
     out.mkdir(parents=True, exist_ok=True)
     table = write_table(rows, out / "metrics")
     scores = [m for m in dict.fromkeys(k for r in rows for k in r) if m.startswith("IoU ")]
-    measures = [m for m in ("MP %", "MGP %", "MDS", "awe %", *scores, "solid fraction", *ANISOTROPY)
+    measures = [m for m in ("MP %", "MGP %", "MDS", "awe %", *scores, "solid fraction", *ANISOTROPY, *MORPHOLOGY)
                 if any(m in r for r in rows)]
     transposed = [{"measure": m} | {r["method"]: r.get(m, "") for r in rows} for m in measures]
     if truth is not None:  # the ground truth's own values, anisotropy included (finite size)
         truth_aniso = anisotropy_columns(truth, reference.dataset.voxel_size_nm)
         ideal = {"MP %": 0.0, "MGP %": 0.0, "MDS": 1.0, "awe %": 0.0, "solid fraction": float((truth == 1).mean())}
         ideal |= {m: 1.0 for m in scores} | truth_aniso
+        if morphology:
+            ideal |= morphology_columns(truth, reference.dataset.voxel_size_nm, **morphology)
         transposed = [{"measure": t["measure"], "ground truth": ideal[t["measure"]]} | t for t in transposed]
         save_comparison(out / "comparison.png", reference.images[0, z.start : z.stop], truth, panels,
                         title=f"{Path(reference.dataset_path).name}, {split} slices")
@@ -448,7 +452,7 @@ def evaluate_model(
 
 
 def _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predictions, print_table=True,
-                  curves: dict | None = None):
+                  curves: dict | None = None, morphology: Mapping | None = None):
     z = datamodule.z_range(split)
     probabilities = _predict(model, datamodule.images, _data_settings(datamodule), inference, z)
     prediction = probabilities.argmax(0).astype(np.uint8)
@@ -460,7 +464,7 @@ def _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predi
             curves["ground truth"] = reference
     n_phases = _n_phases(datamodule) if truth is not None else probabilities.shape[0]
     row = _score_row(name, split, z, prediction, truth, max(probabilities.shape[0], n_phases), voxel, curves,
-                     phases=_phase_names(datamodule, max(probabilities.shape[0], n_phases)))
+                     phases=_phase_names(datamodule, max(probabilities.shape[0], n_phases)), morphology=morphology)
     weights = voltage_weights(model, getattr(datamodule, "voltages", None))
     if weights:
         row["voltage weights"] = _format_weights(weights)
@@ -470,10 +474,13 @@ def _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predi
 
 
 def _score_row(name: str, split: str, z: range, prediction: np.ndarray, truth: np.ndarray, n_classes: int,
-               voxel_size_nm=None, curves: dict | None = None, phases: list[str] | None = None) -> dict:
+               voxel_size_nm=None, curves: dict | None = None, phases: list[str] | None = None,
+               morphology: Mapping | None = None) -> dict:
     """MP / MGP / MDS / awe and the IoU of each phase against the truth, and the anisotropy
     errors (eq. 4, 5) of the prediction alone: the numbers a user can also get for real data
-    without ground truth. The S2 curves go into ``curves[name]`` when a dict is given (for tpcf.png)."""
+    without ground truth. The S2 curves go into ``curves[name]`` when a dict is given (for tpcf.png).
+    With ``morphology`` (settings from _morphology_settings), also the prediction's tortuosity and
+    constrictivity (morphology_columns)."""
     row = {"method": name, "split": f"{split} (z {z.start}-{z.stop - 1})"}
     if truth is not None:
         n_classes = max(n_classes, int(truth.max(initial=0)) + 1, int(prediction.max(initial=0)) + 1)
@@ -488,7 +495,10 @@ def _score_row(name: str, split: str, z: range, prediction: np.ndarray, truth: n
     aniso = anisotropy_columns(prediction, voxel_size_nm, with_curves=True)
     if curves is not None and aniso["curves"] is not None:
         curves[name] = aniso["curves"]
-    return row | {key: aniso[key] for key in ANISOTROPY}
+    row |= {key: aniso[key] for key in ANISOTROPY}
+    if morphology:
+        row |= morphology_columns(prediction, voxel_size_nm, **morphology)
+    return row
 
 
 ANISOTROPY = {"e_TPCF": "e_tpcf", "e_LPF": "e_lpf", "e_D": "e_d"}
@@ -510,6 +520,54 @@ def anisotropy_columns(volume: np.ndarray, voxel_size_nm=None, with_curves: bool
         return {key: float("nan") for key in ANISOTROPY} | ({"curves": None} if with_curves else {})
     columns = {key: float(report[source]) for key, source in ANISOTROPY.items()}
     return columns | ({"curves": report["curves"]} if with_curves else {})
+
+
+AXES = "zyx"
+MORPHOLOGY = [f"tau {a}" for a in AXES] + ["beta"]
+
+
+def _morphology_settings(node) -> dict | None:
+    """evaluate.yaml's ``morphology`` node as keyword arguments of morphology_columns, or None when off."""
+    if not node or not node.get("enabled", False):
+        return None
+    axes = [str(a) for a in _as_list(node.get("axes", list(AXES)))]
+    unknown = [a for a in axes if a not in AXES]
+    if unknown or not axes:
+        raise ValueError(f"morphology.axes must name some of z, y, x, got {axes}")
+    inlet = node.get("inlet", "z0")
+    return {"phase": int(node.get("phase", 0)), "axes": axes, "inlet": None if inlet is None else str(inlet)}
+
+
+def morphology_columns(volume: np.ndarray, voxel_size_nm=None, phase: int = 0, axes=AXES,
+                       inlet: str | None = "z0") -> dict:
+    """Mean geodesic tortuosity of ``phase`` along each of ``axes`` ("tau z", "tau y", "tau x") and its
+    constrictivity ("beta", spheres intruding from ``inlet``), as random-forest-multi-detector.txt
+    section 3.7.2 compares segmentations with them ("very sensitive to the quality of segmentation").
+    NaN where undefined: the phase absent or not connecting the two faces, a direction with one slice.
+    Anisotropic voxels are resampled to the finest size first (nearest neighbour), as for anisotropy."""
+    from fibml.metrics.anisotropy import _resample_nearest
+    from fibml.metrics.morphology import constrictivity, geodesic_tortuosity
+
+    voxel = np.asarray(voxel_size_nm if voxel_size_nm is not None else (1.0, 1.0, 1.0), dtype=np.float64)
+    voxel = np.broadcast_to(voxel, (3,))
+    labels = _resample_nearest(np.asarray(volume), voxel / voxel.min())
+    size = float(voxel.min())
+    columns = {}
+    for axis in axes:
+        k = AXES.index(axis)
+        try:
+            columns[f"tau {axis}"] = (
+                geodesic_tortuosity(labels, phase, k, size)["mean"] if labels.shape[k] > 1 else math.nan
+            )
+        except ValueError as error:  # the phase absent
+            log.warning("tortuosity along %s not computed: %s", axis, error)
+            columns[f"tau {axis}"] = math.nan
+    try:
+        columns["beta"] = constrictivity(labels, phase, size, inlet=inlet)["beta"]
+    except ValueError as error:
+        log.warning("constrictivity not computed: %s", error)
+        columns["beta"] = math.nan
+    return columns
 
 
 def _write_method(out_dir: Path, row: dict, prediction, datamodule, z: range, save_predictions: bool, print_table: bool,

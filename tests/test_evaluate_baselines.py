@@ -1,5 +1,6 @@
 """python evaluate.py method=...: classical baselines in the same table as the networks."""
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +80,50 @@ def test_scores_of_three_phases_carry_iou_per_phase_and_awe():
     assert row["IoU binder"] == 0.0 and row["IoU active"] == 1.0
     # IoU pore = 16 / 32 = 0.5; fractions 1/4, 1/2, 1/4 -> awe = 100 (1 - (0.5/4 + 1/2 + 0)) = 37.5
     assert row["awe %"] == pytest.approx(37.5) and row["IoU pore"] == pytest.approx(0.5)
+
+
+def test_morphology_columns_in_the_comparison_match_the_metrics_of_each_prediction(tiny_dataset, tmp_path):
+    from fibml.metrics.morphology import constrictivity, geodesic_tortuosity
+    from fibml.workflows import _slug
+
+    cfg = compose_config("evaluate", ["method=kmeans", f"data_dir={tiny_dataset}", "morphology.enabled=true",
+                                      "morphology.axes=[y,x]", "method.kmeans.inputs=[[1],[4]]"], tmp_path)
+    rows = evaluate(cfg)
+    out = Path(cfg.paths.output_dir)
+    for row in rows:
+        assert "tau z" not in row  # only the axes asked for
+        prediction, _ = read_stack(out / _slug(row["method"]) / "prediction.tif")
+        assert row["tau y"] == pytest.approx(geodesic_tortuosity(prediction, 0, 1, 2.5)["mean"])
+        assert row["tau x"] == pytest.approx(geodesic_tortuosity(prediction, 0, 2, 2.5)["mean"])
+        assert row["beta"] == pytest.approx(constrictivity(prediction, 0, 2.5, inlet="z0")["beta"])
+        assert row["tau y"] >= 1.0 and 0.0 <= row["beta"] <= 1.0
+    # the 4 kV k-means over-segments the solid: its pore paths differ from the 1 kV one's
+    assert rows[0]["tau y"] != rows[1]["tau y"]
+    # the truth's own values head the comparison table
+    labels = read_dataset(tiny_dataset).labels
+    z0, z1 = (int(v) for v in rows[0]["split"].split("z ")[1].rstrip(")").split("-"))
+    truth = labels[z0 : z1 + 1]
+    with open(out / "comparison.csv") as f:
+        table = {r["measure"]: r for r in csv.DictReader(f)}
+    assert float(table["tau x"]["ground truth"]) == pytest.approx(geodesic_tortuosity(truth, 0, 2, 2.5)["mean"])
+    assert float(table["beta"]["ground truth"]) == pytest.approx(constrictivity(truth, 0, 2.5, inlet="z0")["beta"])
+    assert float(table["tau x"][rows[1]["method"]]) == pytest.approx(rows[1]["tau x"])
+
+
+def test_morphology_columns_are_nan_where_undefined_and_settings_are_checked():
+    from fibml.workflows import _morphology_settings, morphology_columns
+
+    solid = np.ones((6, 8, 8), np.uint8)  # no pore at all
+    columns = morphology_columns(solid, (2.0, 2.0, 2.0), phase=0)
+    assert set(columns) == {"tau z", "tau y", "tau x", "beta"} and all(np.isnan(v) for v in columns.values())
+    channel = np.ones((6, 8, 8), np.uint8)
+    channel[:, 2:5, 2:5] = 0  # a straight pore channel along z
+    assert morphology_columns(channel, (2.0, 2.0, 2.0), axes=["z"])["tau z"] == pytest.approx(1.0)
+    # anisotropic voxels are resampled first: 3 slices of 4 nm = 6 of 2 nm, the same channel
+    thick = channel[::2]
+    assert morphology_columns(thick, (4.0, 2.0, 2.0), axes=["z"])["tau z"] == pytest.approx(1.0)
+    assert _morphology_settings({"enabled": False}) is None
+    assert _morphology_settings({"enabled": True, "axes": ["x"], "inlet": None}) == {
+        "phase": 0, "axes": ["x"], "inlet": None}
+    with pytest.raises(ValueError, match="morphology.axes"):
+        _morphology_settings({"enabled": True, "axes": ["w"]})
