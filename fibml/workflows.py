@@ -534,7 +534,11 @@ def _morphology_settings(node) -> dict | None:
     unknown = [a for a in axes if a not in AXES]
     if unknown or not axes:
         raise ValueError(f"morphology.axes must name some of z, y, x, got {axes}")
+    from fibml.metrics.morphology import INLETS
+
     inlet = node.get("inlet", "z0")
+    if inlet is not None and str(inlet) not in INLETS:
+        raise ValueError(f"morphology.inlet must be one of {', '.join(INLETS)} or null, got {inlet!r}")
     return {"phase": int(node.get("phase", 0)), "axes": axes, "inlet": None if inlet is None else str(inlet)}
 
 
@@ -552,22 +556,16 @@ def morphology_columns(volume: np.ndarray, voxel_size_nm=None, phase: int = 0, a
     voxel = np.broadcast_to(voxel, (3,))
     labels = _resample_nearest(np.asarray(volume), voxel / voxel.min())
     size = float(voxel.min())
+    if not np.any(labels == phase):
+        log.warning("phase %d absent: tortuosity and constrictivity not computed", phase)
+        return {f"tau {axis}": math.nan for axis in axes} | {"beta": math.nan}
     columns = {}
     for axis in axes:
         k = AXES.index(axis)
-        try:
-            columns[f"tau {axis}"] = (
-                geodesic_tortuosity(labels, phase, k, size)["mean"] if labels.shape[k] > 1 else math.nan
-            )
-        except ValueError as error:  # the phase absent
-            log.warning("tortuosity along %s not computed: %s", axis, error)
-            columns[f"tau {axis}"] = math.nan
-    try:
-        columns["beta"] = constrictivity(labels, phase, size, inlet=inlet)["beta"]
-    except ValueError as error:
-        log.warning("constrictivity not computed: %s", error)
-        columns["beta"] = math.nan
-    return columns
+        columns[f"tau {axis}"] = (
+            geodesic_tortuosity(labels, phase, k, size)["mean"] if labels.shape[k] > 1 else math.nan
+        )
+    return columns | {"beta": constrictivity(labels, phase, size, inlet=inlet)["beta"]}
 
 
 def _write_method(out_dir: Path, row: dict, prediction, datamodule, z: range, save_predictions: bool, print_table: bool,

@@ -119,11 +119,18 @@ def test_morphology_columns_are_nan_where_undefined_and_settings_are_checked():
     channel = np.ones((6, 8, 8), np.uint8)
     channel[:, 2:5, 2:5] = 0  # a straight pore channel along z
     assert morphology_columns(channel, (2.0, 2.0, 2.0), axes=["z"])["tau z"] == pytest.approx(1.0)
-    # anisotropic voxels are resampled first: 3 slices of 4 nm = 6 of 2 nm, the same channel
-    thick = channel[::2]
-    assert morphology_columns(thick, (4.0, 2.0, 2.0), axes=["z"])["tau z"] == pytest.approx(1.0)
+    # anisotropic voxels are resampled first: a pore channel stepping 3 voxels in x from slice to
+    # slice, with 4 nm slices, is the same as its slices repeated twice at 2 nm (not as 2 nm slices)
+    stairs = np.ones((4, 8, 16), np.uint8)
+    for z in range(4):
+        stairs[z, 3:5, 2 + 3 * z : 6 + 3 * z] = 0
+    thick = morphology_columns(stairs, (4.0, 2.0, 2.0), axes=["z"])
+    assert thick == pytest.approx(morphology_columns(np.repeat(stairs, 2, axis=0), (2.0, 2.0, 2.0), axes=["z"]))
+    assert thick["tau z"] < morphology_columns(stairs, (2.0, 2.0, 2.0), axes=["z"])["tau z"]
     assert _morphology_settings({"enabled": False}) is None
     assert _morphology_settings({"enabled": True, "axes": ["x"], "inlet": None}) == {
         "phase": 0, "axes": ["x"], "inlet": None}
     with pytest.raises(ValueError, match="morphology.axes"):
         _morphology_settings({"enabled": True, "axes": ["w"]})
+    with pytest.raises(ValueError, match="morphology.inlet must be one of z0, z1"):
+        _morphology_settings({"enabled": True, "inlet": "q0"})

@@ -70,6 +70,7 @@ import skfmm
 from fibml.metrics.anisotropy import check_label_volume
 
 __all__ = [
+    "INLETS",
     "characteristic_bottleneck_radius",
     "constrictivity",
     "geodesic_tortuosity",
@@ -79,6 +80,7 @@ __all__ = [
 ]
 
 _FACES = {"z0": (0, 0), "z1": (0, -1), "y0": (1, 0), "y1": (1, -1), "x0": (2, 0), "x1": (2, -1)}
+INLETS = (*_FACES, "all")  # the faces spheres can intrude from (or None: from anywhere)
 _CONN6 = ndi.generate_binary_structure(3, 1)
 
 
