@@ -528,14 +528,14 @@ MORPHOLOGY = [f"tau {a}" for a in AXES] + ["beta"]
 
 def _morphology_settings(node) -> dict | None:
     """evaluate.yaml's ``morphology`` node as keyword arguments of morphology_columns, or None when off."""
+    from fibml.metrics.morphology import INLETS
+
     if not node or not node.get("enabled", False):
         return None
     axes = [str(a) for a in _as_list(node.get("axes", list(AXES)))]
     unknown = [a for a in axes if a not in AXES]
     if unknown or not axes:
         raise ValueError(f"morphology.axes must name some of z, y, x, got {axes}")
-    from fibml.metrics.morphology import INLETS
-
     inlet = node.get("inlet", "z0")
     if inlet is not None and str(inlet) not in INLETS:
         raise ValueError(f"morphology.inlet must be one of {', '.join(INLETS)} or null, got {inlet!r}")
@@ -549,12 +549,12 @@ def morphology_columns(volume: np.ndarray, voxel_size_nm=None, phase: int = 0, a
     section 3.7.2 compares segmentations with them ("very sensitive to the quality of segmentation").
     NaN where undefined: the phase absent or not connecting the two faces, a direction with one slice.
     Anisotropic voxels are resampled to the finest size first (nearest neighbour), as for anisotropy."""
-    from fibml.metrics.anisotropy import _resample_nearest
+    from fibml.metrics.anisotropy import resample_nearest
     from fibml.metrics.morphology import constrictivity, geodesic_tortuosity
 
     voxel = np.asarray(voxel_size_nm if voxel_size_nm is not None else (1.0, 1.0, 1.0), dtype=np.float64)
     voxel = np.broadcast_to(voxel, (3,))
-    labels = _resample_nearest(np.asarray(volume), voxel / voxel.min())
+    labels = resample_nearest(np.asarray(volume), voxel / voxel.min())
     size = float(voxel.min())
     if not np.any(labels == phase):
         log.warning("phase %d absent: tortuosity and constrictivity not computed", phase)

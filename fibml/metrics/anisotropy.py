@@ -30,6 +30,7 @@ __all__ = [
     "local_thickness_2d",
     "l2_anisotropy_error",
     "diameter_anisotropy_error",
+    "resample_nearest",
 ]
 
 AXES = {"x": 2, "y": 1, "z": 0}  # curve name -> array axis of a (z, y, x) volume
@@ -70,7 +71,7 @@ def anisotropy_report(
                 f"errors compare directions and need isotropic voxels; pass resample=True to resample "
                 f"to {voxel.min():g} nm by nearest neighbour"
             )
-        volume = _resample_nearest(volume, voxel / voxel.min())
+        volume = resample_nearest(volume, voxel / voxel.min())
     size_nm = float(voxel.min()) if resample else float(voxel.mean())
     mask = _phase_mask(volume, phase)
     rmax = _max_distance(mask.shape, max_distance)
@@ -240,7 +241,7 @@ def _voxel_sizes(voxel_size_nm) -> np.ndarray:
     return voxel
 
 
-def _resample_nearest(volume: np.ndarray, factors: np.ndarray) -> np.ndarray:
+def resample_nearest(volume: np.ndarray, factors: np.ndarray) -> np.ndarray:
     """Nearest-neighbour resampling by ``factors`` (>= 1) per axis, voxel edges aligned: output
     voxel i takes input voxel floor((i + 1/2) / factor), so an integer factor k repeats every
     slice k times, as np.repeat (and scipy.ndimage.zoom(order=0, grid_mode=True) up to ties;
