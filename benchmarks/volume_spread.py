@@ -1,7 +1,7 @@
 """Scores of several models over several held-out volumes: mean, spread and paired differences.
 
     python benchmarks/volume_spread.py --data-dirs <seed 1> <seed 3> ... --runs <1 kV> <2 kV> <4 kV> <late> \
-        [--reference 0] [--measures "MP %" "MGP %" MDS] [--work <folder>] [--out spread.md] \
+        [--reference 0] [--measures "MP %" "MGP %" MDS] [--work <folder>] [--out spread.md] [--figure spread.png] \
         [--evaluate-args inference.sw_batch_size=64 ...]
 
 One held-out volume gives one number per model. Whether a gap of a few hundredths of a percent
@@ -14,6 +14,9 @@ to the models or to that volume needs several volumes. For each data dir this ru
 - per model against ``--reference`` (an index into ``--runs``), the mean paired difference,
   its standard error, on how many volumes the model is better (lower MP / MGP / awe, higher
   MDS / IoU) and the two-sided p of a paired t-test.
+
+``--figure`` draws the paired differences, one panel per measure and one point per volume
+(``--plot`` picks the runs to draw, as indices into ``--runs``; default all).
 
 A volume whose folder already holds a comparison of the same runs is read, not scored again,
 so a killed run resumes.
@@ -101,6 +104,33 @@ def spread_tables(volumes: list[dict[str, dict[str, float]]], methods: list[str]
     return "\n".join(lines) + "\n"
 
 
+def plot_differences(volumes: list[dict[str, dict[str, float]]], methods: list[str], reference: str,
+                     measures: list[str], out: Path) -> None:
+    """One panel per measure: each model's difference to the reference on every volume (dots) and its
+    mean (bar), for the models in ``methods`` other than the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    others = [m for m in methods if m != reference]
+    fig, axes = plt.subplots(1, len(measures), figsize=(3.2 * len(measures), 3.2 + 0.12 * max(map(len, others))),
+                             squeeze=False)
+    for ax, q in zip(axes[0], measures):
+        for i, m in enumerate(others):
+            d = np.array([v[m][q] - v[reference][q] for v in volumes])
+            ax.scatter(np.full(d.size, i), d, s=14, color=np.where(better(q, d), "tab:green", "tab:red"), zorder=3)
+            ax.hlines(d.mean(), i - 0.3, i + 0.3, color="k", lw=1.5)
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_xticks(range(len(others)), others, rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"{q} minus reference", fontsize=9)
+    fig.suptitle(f"paired against {reference} over {len(volumes)} volumes (green: better)", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dirs", type=Path, nargs="+", required=True, help="labelled volumes, none used in training")
@@ -109,10 +139,14 @@ def main() -> None:
     parser.add_argument("--measures", nargs="+", default=["MP %", "MGP %", "MDS", "solid fraction"])
     parser.add_argument("--work", type=Path, default=Path("volume_spread"), help="one evaluate.py folder per volume")
     parser.add_argument("--out", type=Path, default=None, help="also write the tables to this Markdown file")
+    parser.add_argument("--figure", type=Path, default=None, help="a PNG of the paired differences")
+    parser.add_argument("--plot", type=int, nargs="+", default=None, help="indices into --runs to draw (default all)")
     parser.add_argument("--evaluate-args", nargs="*", default=[], help="more evaluate.py overrides")
     args = parser.parse_args()
     if not 0 <= args.reference < len(args.runs):
         parser.error(f"--reference {args.reference}: there are {len(args.runs)} runs")
+    if args.plot is not None and not all(0 <= i < len(args.runs) for i in args.plot):
+        parser.error(f"--plot {args.plot}: there are {len(args.runs)} runs")
     names = [d.name for d in args.data_dirs]
     if len(set(names)) != len(names):
         parser.error(f"--data-dirs need distinct folder names (they name the work folders): {names}")
@@ -131,6 +165,10 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(f"Volumes: {', '.join(str(d) for d in args.data_dirs)}\n\n{text}")
         print(f"wrote {args.out}")
+    if args.figure:
+        drawn = [methods[i] for i in (range(len(methods)) if args.plot is None else args.plot)]
+        plot_differences(volumes, drawn, methods[args.reference], args.measures, args.figure)
+        print(f"wrote {args.figure}")
 
 
 if __name__ == "__main__":
