@@ -13,8 +13,14 @@
 # SYNTH_ARGS="shape=[96,96,96] structure.coarse_wavelength_nm=100" makes small volumes (a quick check).
 # VARIANT=_25d (or _3d) runs the 2.5D (3D) variant of every model.
 # PARALLEL=1 trains the five independent models at once (one GPU holds them easily); the
-# default trains them one after another. Results: <out_dir>/comparison/{metrics,comparison}.md
-# and comparison.png; each training run in <out_dir>/<name>/.
+# default trains them one after another. Late fusion is fitted twice on the frozen branches:
+# the paper's 1x1-conv ensemble (late_fusion) and its voting layer (late_voting, section 3.1).
+# Results: <out_dir>/comparison/{metrics,comparison}.md and comparison.png; each training run in
+# <out_dir>/<name>/.
+# SPREAD=N (default 4) also scores the single-voltage models and both late fusions on N more
+# held-out volumes (seeds 3, 4, ...): <out_dir>/spread/spread.md and spread.png, the mean, spread
+# and paired differences against the 1 kV model over the N + 1 volumes (benchmarks/volume_spread.py).
+# SPREAD=0 skips it.
 set -euo pipefail
 OUT=${1:-logs/fusion_comparison}
 shift || true
@@ -55,10 +61,25 @@ for pid in "${pids[@]}"; do wait "$pid"; done
 
 # late fusion as the paper trains it: the three single-voltage nets, frozen, and the ensemble
 # (on the seed-2 volume with STACKING=1, the default)
-DATA="$ENSEMBLE_DATA" train late_fusion experiment=late_fusion$V \
-  "model.branch_ckpts=[$OUT/single_1kV,$OUT/single_2kV,$OUT/single_4kV]" trainer.max_epochs=20
+BRANCHES="model.branch_ckpts=[$OUT/single_1kV,$OUT/single_2kV,$OUT/single_4kV]"
+DATA="$ENSEMBLE_DATA" train late_fusion experiment=late_fusion$V "$BRANCHES" trainer.max_epochs=20
+DATA="$ENSEMBLE_DATA" train late_voting experiment=late_fusion$V "$BRANCHES" trainer.max_epochs=20 \
+  model.net.ensemble=voting
 
 "$PY" "$REPO/evaluate.py" hydra.run.dir="$OUT/comparison" data_dir="$OUT/data/heldout" split=all \
-  "ckpt_path=[$OUT/single_1kV,$OUT/single_2kV,$OUT/single_4kV,$OUT/early_fusion,$OUT/intermediate_fusion,$OUT/late_fusion]" \
+  "ckpt_path=[$OUT/single_1kV,$OUT/single_2kV,$OUT/single_4kV,$OUT/early_fusion,$OUT/intermediate_fusion,$OUT/late_fusion,$OUT/late_voting]" \
   method=kmeans save_predictions=false
+
+SPREAD=${SPREAD:-4}
+if (( SPREAD > 0 )); then
+  volumes=("$OUT/data/heldout")
+  for (( seed = 3; seed < 3 + SPREAD; seed++ )); do
+    "$PY" -m fibml.synth out="$OUT/data/heldout$seed" seed=$seed overwrite=true ${SYNTH_ARGS:-}
+    volumes+=("$OUT/data/heldout$seed")
+  done
+  "$PY" "$REPO/benchmarks/volume_spread.py" --data-dirs "${volumes[@]}" --work "$OUT/spread" \
+    --runs "$OUT/single_1kV" "$OUT/single_2kV" "$OUT/single_4kV" "$OUT/late_fusion" "$OUT/late_voting" \
+    --measures "MP %" "MGP %" MDS "awe %" "solid fraction" --out "$OUT/spread/spread.md" \
+    --figure "$OUT/spread/spread.png" --plot 3 4
+fi
 echo "total $(( $(date +%s) - start )) s"

@@ -12,8 +12,9 @@ to the models or to that volume needs several volumes. For each data dir this ru
 
 - per model and measure, the mean and sample standard deviation over the volumes;
 - per model against ``--reference`` (an index into ``--runs``), the mean paired difference,
-  its standard error, on how many volumes the model is better (lower MP / MGP / awe, higher
-  MDS / IoU) and the two-sided p of a paired t-test.
+  its standard error, on how many volumes the model is better and the two-sided p of a paired
+  t-test. Better means closer to the ground truth's value in the same table: lower MP / MGP /
+  awe, higher MDS / IoU, a solid fraction or an anisotropy error nearer the truth's.
 
 ``--figure`` draws the paired differences, one panel per measure and one point per volume
 (``--plot`` picks the runs to draw, as indices into ``--runs``; default all).
@@ -36,7 +37,6 @@ import numpy as np
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
-HIGHER_IS_BETTER = ("MDS", "IoU")
 
 
 def score_volume(data_dir: Path, runs: list[Path], folder: Path, extra: list[str]) -> dict[str, dict[str, float]]:
@@ -73,9 +73,12 @@ def read_comparison(path: Path) -> dict[str, dict[str, float]]:
     return scores
 
 
-def better(measure: str, difference: np.ndarray) -> np.ndarray:
-    """Where a model's difference to the reference is an improvement."""
-    return difference > 0 if measure.startswith(HIGHER_IS_BETTER) else difference < 0
+def better(volumes: list[dict[str, dict[str, float]]], model: str, reference: str, measure: str) -> np.ndarray:
+    """Per volume: whether the model is closer than the reference to the ground truth's value."""
+    truth = np.array([v["ground truth"][measure] for v in volumes])
+    value = np.array([v[model][measure] for v in volumes])
+    ref = np.array([v[reference][measure] for v in volumes])
+    return np.abs(value - truth) < np.abs(ref - truth)
 
 
 def spread_tables(volumes: list[dict[str, dict[str, float]]], methods: list[str], reference: str,
@@ -99,7 +102,7 @@ def spread_tables(volumes: list[dict[str, dict[str, float]]], methods: list[str]
             d = values[m, q] - values[reference, q]
             se = d.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
             p = stats.ttest_rel(values[m, q], values[reference, q]).pvalue if n > 1 and se > 0 else math.nan
-            cells.append(f"{d.mean():+.3g} ± {se:.2g}, {int(better(q, d).sum())}/{n}, p {p:.2g}")
+            cells.append(f"{d.mean():+.3g} ± {se:.2g}, {int(better(volumes, m, reference, q).sum())}/{n}, p {p:.2g}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -119,7 +122,7 @@ def plot_differences(volumes: list[dict[str, dict[str, float]]], methods: list[s
     for ax, q in zip(axes[0], measures):
         for i, m in enumerate(others):
             d = np.array([v[m][q] - v[reference][q] for v in volumes])
-            ax.scatter(np.full(d.size, i), d, s=14, color=np.where(better(q, d), "tab:green", "tab:red"), zorder=3)
+            ax.scatter(np.full(d.size, i), d, s=14, color=np.where(better(volumes, m, reference, q), "tab:green", "tab:red"), zorder=3)
             ax.hlines(d.mean(), i - 0.3, i + 0.3, color="k", lw=1.5)
         ax.axhline(0, color="0.6", lw=0.8)
         ax.set_xticks(range(len(others)), others, rotation=60, ha="right", fontsize=7)
@@ -156,9 +159,10 @@ def main() -> None:
     if len(methods) != len(args.runs) or any(list(v) != list(volumes[0]) for v in volumes):
         raise RuntimeError(f"the volumes' comparisons do not have the same {len(args.runs)} methods: "
                            f"{[list(v) for v in volumes]}")
-    missing = [q for q in args.measures if any(q not in v[m] for v in volumes for m in methods)]
+    missing = [q for q in args.measures if any(q not in v[m] for v in volumes for m in ["ground truth", *methods])]
     if missing:
-        parser.error(f"--measures {missing} are not in comparison.csv; it has {sorted(volumes[0][methods[0]])}")
+        parser.error(f"--measures {missing} are not in comparison.csv with a ground-truth value; "
+                     f"it has {sorted(volumes[0]['ground truth'])}")
     text = spread_tables(volumes, methods, methods[args.reference], args.measures)
     print(text)
     if args.out:

@@ -7,7 +7,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,31 +15,33 @@ volume_spread = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(volume_spread)
 
 
-def write_comparison(path: Path, mp: tuple[float, float], mds: tuple[float, float]) -> None:
+def write_comparison(path: Path, mp: tuple[float, float], mds: tuple[float, float],
+                     solid: tuple[float, float] = (0.119, 0.1215)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         'measure,ground truth,"ResidualUNet 2d, 1 kV","LateFusion 2d, 1+2+4 kV"\n'
         f"MP %,0.0,{mp[0]},{mp[1]}\n"
         f"MDS,1.0,{mds[0]},{mds[1]}\n"
+        f"solid fraction,0.12,{solid[0]},{solid[1]}\n"
         "tau z,1.0,,\n"
     )
 
 
 def test_paired_differences_count_wins_in_the_right_direction(tmp_path):
-    # late fusion against 1 kV: MP lower by 0.1 and 0.3 (better twice), MDS lower by 0.01 twice (worse)
-    write_comparison(tmp_path / "a.csv", (0.6, 0.5), (0.98, 0.97))
-    write_comparison(tmp_path / "b.csv", (0.9, 0.6), (0.99, 0.98))
+    # late fusion against 1 kV: MP lower by 0.1 and 0.3 (better twice), MDS lower by 0.01 twice (worse),
+    # solid fraction (truth 0.12) higher both times but nearer the truth once
+    write_comparison(tmp_path / "a.csv", (0.6, 0.5), (0.98, 0.97), solid=(0.118, 0.1215))
+    write_comparison(tmp_path / "b.csv", (0.9, 0.6), (0.99, 0.98), solid=(0.119, 0.125))
     volumes = [volume_spread.read_comparison(tmp_path / f) for f in ("a.csv", "b.csv")]
-    assert volumes[1]["LateFusion 2d, 1+2+4 kV"] == {"MP %": 0.6, "MDS": 0.98}  # the empty tau cell is left out
+    assert volumes[1]["LateFusion 2d, 1+2+4 kV"] == {"MP %": 0.6, "MDS": 0.98, "solid fraction": 0.125}  # no empty tau
     methods = ["ResidualUNet 2d, 1 kV", "LateFusion 2d, 1+2+4 kV"]
-    text = volume_spread.spread_tables(volumes, methods, methods[0], ["MP %", "MDS"])
-    assert "| LateFusion 2d, 1+2+4 kV | 0.55 ± 0.071 | 0.975 ± 0.0071 |" in text
+    text = volume_spread.spread_tables(volumes, methods, methods[0], ["MP %", "MDS", "solid fraction"])
+    assert "| LateFusion 2d, 1+2+4 kV | 0.55 ± 0.071 | 0.975 ± 0.0071 | 0.1232 ± 0.0025 |" in text
     # d = -0.1, -0.3: mean -0.2, se 0.1, t = -2 with 1 degree of freedom: p = 0.2952
-    assert "| LateFusion 2d, 1+2+4 kV | -0.2 ± 0.1, 2/2, p 0.3 | -0.01 ± 0, 0/2, p nan |" in text
+    assert "| LateFusion 2d, 1+2+4 kV | -0.2 ± 0.1, 2/2, p 0.3 | -0.01 ± 0, 0/2, p nan | +0.00475 ± 0.0013, 1/2, p 0.16 |" in text
     volume_spread.plot_differences(volumes, methods, methods[0], ["MP %", "MDS"], tmp_path / "fig" / "d.png")
     assert (tmp_path / "fig" / "d.png").read_bytes()[:4] == b"\x89PNG"
-    assert not volume_spread.better("MDS", np.array([-0.01])).any()
-    assert volume_spread.better("IoU solid", np.array([0.01])).all()
+    assert volume_spread.better(volumes, methods[1], methods[0], "solid fraction").tolist() == [True, False]
 
 
 def test_a_scored_volume_is_read_again_and_a_changed_request_scores_anew(tmp_path, monkeypatch):
