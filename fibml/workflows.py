@@ -92,19 +92,20 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
                 f"finished and was not evaluated; continue it with ckpt_path={cfg.paths.output_dir}"
             )
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    evaluate, report = cfg.get("evaluate", False), cfg.get("report")
+    has_weights = hasattr(getattr(model, "net", None), "voltage_weights")
+    if (evaluate or report or has_weights) and trainer.is_global_zero:
+        # the checkpoint that monitors a metric (the other one keeps last.ckpt): what evaluate.py
+        # scores, so the report, the test metrics and voltage_weights.json all describe it
+        best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
+        if best:
+            log.info("the best checkpoint: %s", best)
+            model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
     weights = voltage_weights(model, cfg.data.get("voltages"))
     if weights and trainer.is_global_zero:
         metrics.update({f"ensemble/weight_{v}": w for v, w in weights.items()})
         write_json(Path(cfg.paths.output_dir) / "voltage_weights.json", weights)
-        log.info("learned weight of each voltage: %s", _format_weights(weights))
-
-    evaluate, report = cfg.get("evaluate", False), cfg.get("report")
-    if (evaluate or report) and trainer.is_global_zero:
-        # the checkpoint that monitors a metric (the other one keeps last.ckpt)
-        best = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
-        if best:
-            log.info("evaluating the best checkpoint %s", best)
-            model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+        log.info("learned weight of each voltage (best checkpoint): %s", _format_weights(weights))
     if evaluate and trainer.is_global_zero:
         datamodule.setup("test")
         row = evaluate_model(model, datamodule, Path(cfg.paths.output_dir), method_name(run_config), cfg.inference)

@@ -34,6 +34,8 @@ def test_late_fusion_from_single_voltage_checkpoints(single_runs, tiny_dataset, 
     overrides = small_net(FAST_TRAIN, "late_fusion") + [
         "experiment=late_fusion", f"data.data_dir={tiny_dataset}", f"model.branch_ckpts=[{ckpts}]",
         "model.net.branch.features=[4,4]",  # overridden by the checkpoints' own architecture
+        # best.ckpt = the first of the two epochs, so it differs from last.ckpt
+        "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min",
     ]
     cfg = compose_config("train", overrides, tmp_path)
     metrics, objects = train(cfg)
@@ -51,6 +53,10 @@ def test_late_fusion_from_single_voltage_checkpoints(single_runs, tiny_dataset, 
     # the checkpoint alone rebuilds the whole late-fusion model, branch files not needed
     rebuilt, run_cfg = load_model(run / "checkpoints" / "best.ckpt")
     assert run_cfg.model.branch_ckpts is not None and type(rebuilt.net).__name__ == "LateFusion"
+    # the weights reported are those of best.ckpt, the model evaluate.py scores, not of the last epoch
+    last, _ = load_model(run / "checkpoints" / "last.ckpt")
+    assert list(weights.values()) == pytest.approx(rebuilt.net.voltage_weights(), abs=1e-9)
+    assert list(weights.values()) != pytest.approx(last.net.voltage_weights(), abs=1e-6)
 
 
 @pytest.mark.parametrize("branches", ["checkpoints", "two_stages"])
