@@ -14,7 +14,8 @@
 # VARIANT=_25d (or _3d) runs the 2.5D (3D) variant of every model.
 # PARALLEL=1 trains the five independent models at once (one GPU holds them easily); the
 # default trains them one after another. Late fusion is fitted twice on the frozen branches:
-# the paper's 1x1-conv ensemble (late_fusion) and its voting layer (late_voting, section 3.1).
+# the paper's 1x1-conv ensemble (late_fusion) and its voting layer (late_voting, section 3.1;
+# experiment=late_fusion_voting, which keeps the epoch of lowest validation MP).
 # Results: <out_dir>/comparison/{metrics,comparison}.md and comparison.png; each training run in
 # <out_dir>/<name>/.
 # SPREAD=N (default 4) also scores the single-voltage models and both late fusions on N more
@@ -63,8 +64,7 @@ for pid in "${pids[@]}"; do wait "$pid"; done
 # (on the seed-2 volume with STACKING=1, the default)
 BRANCHES="model.branch_ckpts=[$OUT/single_1kV,$OUT/single_2kV,$OUT/single_4kV]"
 DATA="$ENSEMBLE_DATA" train late_fusion experiment=late_fusion$V "$BRANCHES" trainer.max_epochs=20
-DATA="$ENSEMBLE_DATA" train late_voting experiment=late_fusion$V "$BRANCHES" trainer.max_epochs=20 \
-  model.net.ensemble=voting
+DATA="$ENSEMBLE_DATA" train late_voting experiment=late_fusion_voting$V "$BRANCHES" trainer.max_epochs=20
 
 "$PY" "$REPO/evaluate.py" hydra.run.dir="$OUT/comparison" data_dir="$OUT/data/heldout" split=all \
   "ckpt_path=[$OUT/single_1kV,$OUT/single_2kV,$OUT/single_4kV,$OUT/early_fusion,$OUT/intermediate_fusion,$OUT/late_fusion,$OUT/late_voting]" \

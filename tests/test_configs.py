@@ -116,6 +116,16 @@ def test_late_fusion_branch_stage_follows_the_epochs(tmp_path):
     assert cfg.model.branch_epochs == 0  # trained branches: only the ensemble learns
 
 
+@pytest.mark.parametrize("experiment", ["late_fusion_voting", "late_fusion_voting_25d", "late_fusion_voting_3d"])
+def test_voting_late_fusion_keeps_the_checkpoint_of_lowest_validation_mp(experiment, tmp_path):
+    cfg = compose_config("train", [f"experiment={experiment}"], tmp_path)
+    assert cfg.model.net.ensemble == "voting" and cfg.callbacks.model_checkpoint.monitor == "val/mp"
+    assert cfg.callbacks.model_checkpoint.mode == "min" and cfg.callbacks.early_stopping.monitor == "val/loss"
+    assert cfg.data.dims == {"": "2d", "25d": "2.5d", "3d": "3d"}[experiment.removeprefix("late_fusion_voting").lstrip("_")]
+    conv = compose_config("train", ["experiment=late_fusion"], tmp_path)  # the paper's conv ensemble is unchanged
+    assert conv.model.net.ensemble == "conv" and conv.callbacks.model_checkpoint.monitor == "val/loss"
+
+
 def test_paper_training_settings_are_the_defaults(tmp_path):
     cfg = compose_config("train", [], tmp_path)
     assert cfg.data.patch_size == 64 and cfg.data.stride == 32 and cfg.data.batch_size == 64

@@ -1,10 +1,12 @@
 """Training runs beyond one model: late fusion from single-voltage checkpoints, and resuming."""
 
+import csv
 import json
 import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -57,6 +59,25 @@ def test_late_fusion_from_single_voltage_checkpoints(single_runs, tiny_dataset, 
     last, _ = load_model(run / "checkpoints" / "last.ckpt")
     assert list(weights.values()) == pytest.approx(rebuilt.net.voltage_weights(), abs=1e-9)
     assert list(weights.values()) != pytest.approx(last.net.voltage_weights(), abs=1e-6)
+
+
+def test_voting_late_fusion_reports_the_checkpoint_of_lowest_validation_mp(single_runs, tiny_dataset, tmp_path):
+    ckpts = ",".join(str(single_runs[v]) for v in (1, 2, 4))
+    overrides = small_net(FAST_TRAIN, "late_fusion") + [
+        "experiment=late_fusion_voting", f"data.data_dir={tiny_dataset}", f"model.branch_ckpts=[{ckpts}]",
+        "trainer.max_epochs=3", "evaluate=false",
+    ]
+    cfg = compose_config("train", overrides, tmp_path)
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    mp = [float(r["val/mp"]) for r in csv.DictReader(open(next(run.rglob("metrics.csv")))) if r.get("val/mp")]
+    state = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    # val/mp is logged every validation (ModelCheckpoint fails on a missing key) and picks best.ckpt
+    assert len(mp) == 3 and state["epoch"] == int(np.argmin(mp))
+    best, _ = load_model(run / "checkpoints" / "best.ckpt")
+    weights = json.loads((run / "voltage_weights.json").read_text())
+    assert type(best.net.ensemble).__name__ == "_Voting"
+    assert list(weights.values()) == pytest.approx(best.net.voltage_weights(), abs=1e-9)
 
 
 @pytest.mark.parametrize("branches", ["checkpoints", "two_stages"])
