@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--plot", type=int, nargs="+", default=None, help="indices into --runs to draw (default all)")
     parser.add_argument("--evaluate-args", nargs="*", default=[], help="more evaluate.py overrides")
     args = parser.parse_args()
+    if len(args.runs) < 2:
+        parser.error("--runs needs at least two models: the reference and one to compare with it")
     if not 0 <= args.reference < len(args.runs):
         parser.error(f"--reference {args.reference}: there are {len(args.runs)} runs")
     if args.plot is not None and not all(0 <= i < len(args.runs) for i in args.plot):
