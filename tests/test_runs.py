@@ -70,7 +70,8 @@ def test_voting_late_fusion_reports_the_checkpoint_of_lowest_validation_mp(singl
     cfg = compose_config("train", overrides, tmp_path)
     train(cfg)
     run = Path(cfg.paths.output_dir)
-    mp = [float(r["val/mp"]) for r in csv.DictReader(open(next(run.rglob("metrics.csv")))) if r.get("val/mp")]
+    rows = csv.DictReader(next(run.rglob("metrics.csv")).read_text().splitlines())
+    mp = [float(r["val/mp"]) for r in rows if r.get("val/mp")]
     state = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     # val/mp is logged every validation (ModelCheckpoint fails on a missing key) and picks best.ckpt
     assert len(mp) == 3 and state["epoch"] == int(np.argmin(mp))
