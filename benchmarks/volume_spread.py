@@ -73,19 +73,22 @@ def read_comparison(path: Path) -> dict[str, dict[str, float]]:
     return scores
 
 
+def series(volumes: list[dict[str, dict[str, float]]], method: str, measure: str) -> np.ndarray:
+    """One method's value of one measure on every volume."""
+    return np.array([v[method][measure] for v in volumes])
+
+
 def better(volumes: list[dict[str, dict[str, float]]], model: str, reference: str, measure: str) -> np.ndarray:
     """Per volume: whether the model is closer than the reference to the ground truth's value."""
-    truth = np.array([v["ground truth"][measure] for v in volumes])
-    value = np.array([v[model][measure] for v in volumes])
-    ref = np.array([v[reference][measure] for v in volumes])
-    return np.abs(value - truth) < np.abs(ref - truth)
+    truth = series(volumes, "ground truth", measure)
+    return np.abs(series(volumes, model, measure) - truth) < np.abs(series(volumes, reference, measure) - truth)
 
 
 def spread_tables(volumes: list[dict[str, dict[str, float]]], methods: list[str], reference: str,
                   measures: list[str]) -> str:
     """The two Markdown tables: mean ± sd per model, and paired differences against the reference."""
     n = len(volumes)
-    values = {(m, q): np.array([v[m][q] for v in volumes]) for m in methods for q in measures}
+    values = {(m, q): series(volumes, m, q) for m in methods for q in measures}
     lines = [f"Over {n} volumes: mean ± sample standard deviation.", "",
              "| model | " + " | ".join(measures) + " |", "|---|" + "---|" * len(measures)]
     for m in methods:
@@ -121,8 +124,9 @@ def plot_differences(volumes: list[dict[str, dict[str, float]]], methods: list[s
                              squeeze=False)
     for ax, q in zip(axes[0], measures):
         for i, m in enumerate(others):
-            d = np.array([v[m][q] - v[reference][q] for v in volumes])
-            ax.scatter(np.full(d.size, i), d, s=14, color=np.where(better(volumes, m, reference, q), "tab:green", "tab:red"), zorder=3)
+            d = series(volumes, m, q) - series(volumes, reference, q)
+            colours = np.where(better(volumes, m, reference, q), "tab:green", "tab:red")
+            ax.scatter(np.full(d.size, i), d, s=14, color=colours, zorder=3)
             ax.hlines(d.mean(), i - 0.3, i + 0.3, color="k", lw=1.5)
         ax.axhline(0, color="0.6", lw=0.8)
         ax.set_xticks(range(len(others)), others, rotation=60, ha="right", fontsize=7)
@@ -136,7 +140,8 @@ def plot_differences(volumes: list[dict[str, dict[str, float]]], methods: list[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dirs", type=Path, nargs="+", required=True, help="labelled volumes, none used in training")
+    parser.add_argument("--data-dirs", type=Path, nargs="+", required=True,
+                        help="labelled volumes, none used in training")
     parser.add_argument("--runs", type=Path, nargs="+", required=True, help="run folders or .ckpt files")
     parser.add_argument("--reference", type=int, default=0, help="index into --runs of the model to compare against")
     parser.add_argument("--measures", nargs="+", default=["MP %", "MGP %", "MDS", "solid fraction"])
