@@ -70,8 +70,61 @@ def test_crop_zoom_of_a_ramp_is_exact_and_labels_follow():
         assert np.allclose(steps, steps[0], atol=1e-5) and steps[0] < 1 / size + 1e-6  # zoomed in, still linear
         assert 0.0 <= row[0] <= 0.25 + 1 / size and 0.75 - 1 / size <= row[-1] <= 1.0
         assert np.allclose(ax[i, 0], ax[i, 0, :1])  # the ramp runs along x only
-        # nearest-neighbour labels switch where the zoomed ramp crosses 0.5
-        assert np.array_equal(ay[i, 0].numpy(), (row > 0.5).astype(np.int64)) or abs(row - 0.5).min() < steps[0]
+    # the labels' own alignment is checked against the source coordinates in
+    # test_labels_are_the_nearest_source_pixel_under_every_augmentation
+
+
+def _coordinate_batch(b: int, size: int, depth: int | None, seed: int):
+    """Images whose channels 0 and 1 are the x and y pixel-centre coordinates (c + 0.5) / size and
+    (r + 0.5) / size, and random labels of four classes (one plane per slice in 3D). Flips and
+    quarter turns move the coordinates exactly, and bilinear resampling of a linear ramp is exact,
+    so after any geometric augmentation channels 0 and 1 say which source point each output pixel
+    shows: an independent reference for where the labels must come from."""
+    g = torch.Generator().manual_seed(seed)
+    centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    x = torch.stack([centres.expand(size, size), centres[:, None].expand(size, size)])  # (2, H, W)
+    x = x.expand(b, 2, size, size).clone()
+    y = torch.randint(0, 4, (b, size, size) if depth is None else (b, depth, size, size), generator=g)
+    if depth is not None:
+        x = x[:, :, None].expand(b, 2, depth, size, size).clone()
+    return x, y
+
+
+def _nearest_source_labels(ax: torch.Tensor, y: torch.Tensor, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The label each output pixel should carry (nearest source pixel of the coordinates read off
+    channels 0 and 1) and a mask of pixels whose source point is not halfway between two pixels
+    (where nearest neighbour may round either way)."""
+    column = ax[:, 0].numpy().astype(np.float64) * size - 0.5  # source pixel coordinates
+    row = ax[:, 1].numpy().astype(np.float64) * size - 0.5
+    decided = (np.abs(column - np.floor(column) - 0.5) > 1e-3) & (np.abs(row - np.floor(row) - 0.5) > 1e-3)
+    c = np.clip(np.rint(column), 0, size - 1).astype(int)
+    r = np.clip(np.rint(row), 0, size - 1).astype(int)
+    labels = y.numpy()
+    b = np.arange(len(labels)).reshape((-1,) + (1,) * (c.ndim - 1))
+    if labels.ndim == 3:
+        return labels[b, r, c], decided
+    d = np.arange(labels.shape[1]).reshape(1, -1, 1, 1)
+    return labels[b, d, r, c], decided
+
+
+@pytest.mark.parametrize("depth", [None, 5], ids=["2d", "3d"])
+@pytest.mark.parametrize("name", ["hflip", "vflip", "rot90", "crop", "all"])
+def test_labels_are_the_nearest_source_pixel_under_every_augmentation(name, depth):
+    """Whatever geometry a sample gets, its label at an output pixel is the source label nearest to
+    the point the image shows there: labels cropped, zoomed, flipped and turned with their image."""
+    torch.manual_seed(7)
+    size = 24
+    x, y = _coordinate_batch(32, size, depth, seed=8)
+    on = {"hflip": 0.5, "vflip": 0.5, "rot90": 0.5, "crop": 0.5} if name == "all" else {name: 1.0}
+    ax, ay = BatchAugmentation(**(OFF | on))(x, y)
+    expected, decided = _nearest_source_labels(ax, y, size)
+    assert decided.mean() > 0.95
+    np.testing.assert_array_equal(ay.numpy()[decided], expected[decided])
+    changed = [not torch.equal(ax[i], x[i]) for i in range(len(x))]
+    assert sum(changed) >= (len(x) // 4 if name == "all" else len(x) // 2)  # most samples were moved
+    if name in ("crop", "all"):  # and some were zoomed: source points between pixel centres
+        fractional = np.abs(ax[:, 0].numpy() * size - 0.5 - np.rint(ax[:, 0].numpy() * size - 0.5)) > 1e-3
+        assert fractional.reshape(len(x), -1).any(1).sum() >= 4
 
 
 def test_crop_zoom_3d_shares_geometry_over_slices():
