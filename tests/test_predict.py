@@ -9,6 +9,7 @@ import pytest
 import tifffile
 
 from fibml.io import read_stack, write_stack
+from fibml.metrics.anisotropy import anisotropy_report
 from fibml.synth.dataset import generate_dataset
 from fibml.workflows import predict, train
 from tests.conftest import FAST_TRAIN, TINY_STRUCTURE, compose_config
@@ -44,7 +45,10 @@ def test_predict_writes_segmentation_report_and_sections(model_run, tiny_dataset
     info = json.loads((out / "prediction.json").read_text())
     assert info["shape"] == [40, 48, 48] and info["chunks"] == 5 and info["chunks_computed"] == 5
     assert info["class_fractions"][1] == pytest.approx((segmentation == 1).mean())
-    assert set(info["anisotropy"]) == {"e_TPCF", "e_LPF", "e_D"} and info["anisotropy_crop"] == [32, 32, 32]
+    assert info["anisotropy_crop"] == [32, 32, 32]  # the central crop of the segmentation written
+    crop = anisotropy_report(segmentation[4:36, 8:40, 8:40], voxel, phase=1)
+    assert info["anisotropy"] == {k: pytest.approx(crop[key], rel=1e-9, nan_ok=True)
+                                  for k, key in {"e_TPCF": "e_tpcf", "e_LPF": "e_lpf", "e_D": "e_d"}.items()}
     report = (out / "report.md").read_text()
     assert "fraction of class 1 (solid)" in report and "slices/s" in report and "e_TPCF" in report
     assert (out / "sections.png").stat().st_size > 10_000
@@ -104,6 +108,34 @@ def test_registration_recovers_the_drift_and_its_shifts_can_be_reapplied(model_r
     again = _predict(model_run, folder, tmp_path / "reapplied", tmp_path,
                      f"registration.shifts_csv={out / 'shifts.csv'}")
     np.testing.assert_array_equal(read_stack(again / "segmentation.tif")[0], read_stack(out / "segmentation.tif")[0])
+
+
+def test_registration_is_applied_before_prediction(model_run, tmp_path):
+    """A known drift in, an aligned segmentation out: every slice of the drifted stack shows the
+    same image, so once registered each must be segmented as that image is (the undrifted stack,
+    cut at the 2 kV reference window), away from the borders where the shifts bring in grey."""
+    folder, drift, offsets = _drifted_dataset(tmp_path)
+    aligned = tmp_path / "aligned"
+    aligned.mkdir()
+    for v in VOLTAGES:  # every channel registered onto the 2 kV slice 0, which was cut at (8, 8)
+        assert not drift[0].any() and not offsets[2].any()
+        big, voxel = read_stack(tmp_path / "big" / f"bse_{v}kV.tif")
+        write_stack(aligned / f"bse_{v}kV.tif", np.repeat(big[None, 20, 8:104, 8:104], len(drift), axis=0), voxel)
+    def solid_probability(source, name, *overrides):  # continuous: any net that looks at its input moves it
+        out = _predict(model_run, source, tmp_path / name, tmp_path, "save_probabilities=true", *overrides)
+        return read_stack(out / "probability_class1.tif")[0]
+
+    truth = solid_probability(aligned, "truth")
+    registered = solid_probability(folder, "registered", "registration.enabled=true")
+    unregistered = solid_probability(folder, "raw")
+    inner = (slice(None), slice(24, 72), slice(24, 72))  # 16 px beyond the largest shift (8 px) on each side
+
+    def correlation(p):
+        return np.corrcoef(p[inner].ravel(), truth[inner].ravel())[0, 1]
+
+    assert truth[inner].std() > 0.003  # the probabilities follow the structure
+    assert correlation(registered) > 0.97 and correlation(unregistered) < 0.8  # the drift shows when not undone
+    assert np.abs(registered[inner] - truth[inner]).mean() < 0.25 * np.abs(unregistered[inner] - truth[inner]).mean()
 
 
 def test_stacks_of_different_slice_counts_are_refused_and_nothing_is_written(model_run, tiny_dataset, tmp_path):
