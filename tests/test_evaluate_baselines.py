@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 
 from fibml.io import read_dataset, read_stack
+from fibml.metrics.anisotropy import anisotropy_report
 from fibml.metrics.confusion import segmentation_scores
 from fibml.workflows import evaluate
 from tests.conftest import compose_config
+
+ANISOTROPY_KEYS = {"e_tpcf": "e_TPCF", "e_lpf": "e_LPF", "e_d": "e_D"}  # anisotropy_report key -> table column
 
 
 def test_kmeans_alone_on_a_dataset_one_row_per_voltage(tiny_dataset, tmp_path):
@@ -24,6 +27,15 @@ def test_kmeans_alone_on_a_dataset_one_row_per_voltage(tiny_dataset, tmp_path):
     scores = segmentation_scores(prediction, labels[z0 : z1 + 1])
     assert rows[0]["MP %"] == pytest.approx(scores["mp"]) and rows[0]["awe %"] == pytest.approx(scores["awe"])
     assert rows[0]["IoU solid"] == pytest.approx(scores["iou"][1])
+    # the anisotropy columns are those of the prediction's solid (label 1), and the truth's of its own
+    for key, value in anisotropy_report(prediction, (2.5, 2.5, 2.5), phase=1).items():
+        if key in ANISOTROPY_KEYS:
+            assert rows[0][ANISOTROPY_KEYS[key]] == pytest.approx(value, rel=1e-9), key
+    with open(out / "comparison.csv") as f:
+        table = {r["measure"]: r for r in csv.DictReader(f)}
+    truth = anisotropy_report(labels[z0 : z1 + 1], (2.5, 2.5, 2.5), phase=1)
+    for key, column in ANISOTROPY_KEYS.items():
+        assert float(table[column]["ground truth"]) == pytest.approx(truth[key], rel=1e-9), column
     assert rows[2]["MP %"] > rows[0]["MP %"]  # shine-through grows with voltage (Table 3)
     for name in ("metrics.md", "comparison.md", "comparison.png", "tpcf.png", "slices.png"):
         assert (out / name).is_file(), name

@@ -11,6 +11,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from fibml.io import read_stack
+from fibml.metrics.anisotropy import anisotropy_report
 from fibml.workflows import TrainingStopped, load_model, train
 from tests.conftest import FAST_TRAIN, compose_config, small_net
 
@@ -233,8 +235,14 @@ def test_evaluate_a_stack_without_labels(single_runs, tiny_dataset, tmp_path):
                                       "inference.device=cpu"], tmp_path / "one")
     row = evaluate(cfg)
     assert "MP %" not in row and row["split"] == "all (z 0-39)"
-    assert 0 < row["solid fraction"] < 1 and all(0 <= row[k] <= 2 for k in ("e_TPCF", "e_LPF", "e_D"))
+    assert 0 < row["solid fraction"] < 1
     out = Path(cfg.paths.output_dir)
+    # the columns are the measures of the saved prediction's solid (label 1), computed by fibml.metrics
+    prediction, voxel = read_stack(out / "prediction.tif")
+    assert prediction.shape == (40, 48, 48) and row["solid fraction"] == pytest.approx((prediction == 1).mean())
+    report = anisotropy_report(prediction, voxel, phase=1)
+    assert [row[k] for k in ("e_TPCF", "e_LPF", "e_D")] == pytest.approx(
+        [report["e_tpcf"], report["e_lpf"], report["e_d"]], rel=1e-9)
     for name in ("metrics.md", "slices.png", "tpcf.png", "prediction.tif"):
         assert (out / name).is_file(), name
 
@@ -245,6 +253,8 @@ def test_evaluate_a_stack_without_labels(single_runs, tiny_dataset, tmp_path):
     rows = evaluate(both)
     assert [r["method"] for r in rows][-1] == "k-means (k=3), 4 kV" and all("MP %" not in r for r in rows)
     out = Path(both.paths.output_dir)
+    kmeans, _ = read_stack(out / "k-means_k_3_4_kV" / "prediction.tif")  # one folder per method
+    assert rows[-1]["e_TPCF"] == pytest.approx(anisotropy_report(kmeans, voxel, phase=1)["e_tpcf"], rel=1e-9)
     header = (out / "comparison.md").read_text().splitlines()[0]
     assert header.startswith("| measure | ResidualUNet 2d, 1 kV |")  # no ground-truth column
     assert (out / "tpcf.png").is_file() and (out / "slices.png").is_file() and not (out / "comparison.png").exists()
