@@ -18,7 +18,11 @@ from fibml.synth.physics import get_material
 
 ELEMENTS = ("C", "Al", "Cu", "Ag", "Au")
 VOLTAGES = (5.0, 10.0, 20.0)
-# light elements backscatter little: more electrons keep their binomial error well inside 15 %
+# light elements backscatter little: more electrons keep their binomial error (sd 3-5 % of eta
+# here) well inside the 10 % that montecarlo.simulate_bse_stack documents for the Browning cross
+# section. The systematic part was measured once with many more electrons (C 1e5 and Au 2e4 per
+# point, seed 7, RESULTS 2026-12-03): C 0.975 / 1.009 / 1.088 and Au 1.015 / 0.978 / 0.984 of
+# Hunger & Kuchler at 5 / 10 / 20 kV; with these counts and seed 1 the largest is 8 % (C, 10 kV).
 ELECTRONS = {"C": 6000, "Al": 4000, "Cu": 2500, "Ag": 2500, "Au": 2500}
 
 
@@ -29,10 +33,10 @@ def bulk():
 
 @pytest.mark.parametrize("element", ELEMENTS)
 @pytest.mark.parametrize("voltage", VOLTAGES)
-def test_bulk_eta_within_15_percent_of_hunger_kuchler(bulk, element, voltage):
+def test_bulk_eta_within_10_percent_of_hunger_kuchler(bulk, element, voltage):
     simulated = bulk[element, voltage].eta
     reference = get_material(element).backscatter_coefficient(voltage)
-    assert simulated == pytest.approx(reference, rel=0.15)
+    assert simulated == pytest.approx(reference, rel=0.10)
 
 
 def test_eta_rises_with_atomic_number(bulk):

@@ -11,32 +11,39 @@ from fibml.synth.physics import (
     kanaya_okayama_range_nm,
 )
 
-# Worked by hand from DESIGN.md: eta = E^m C, m = 0.1382 - 0.9211/sqrt(Z),
-# C = 0.1904 - 0.2236 lnZ + 0.1292 lnZ^2 - 0.01491 lnZ^3.
-# Au, Z = 79, E = 20 keV: lnZ = 4.36945, m = 0.1382 - 0.9211/8.88819 = 0.034566,
-#   C = 0.1904 - 0.97701 + 2.46668 - 1.24379 = 0.436268, 20^m = exp(0.034566 * 2.995732) = 1.10909,
-#   eta = 0.48386.
-ETA_AU_20KV = 0.4839
-# C, Z = 6, E = 10 keV: lnZ = 1.791759, m = 0.1382 - 0.9211/2.449490 = -0.237842,
-#   C = 0.1904 - 0.40064 + 0.41478 - 0.08577 = 0.118780, 10^m = exp(-0.237842 * 2.302585) = 0.57831,
-#   eta = 0.06869.
-ETA_C_10KV = 0.0687
+# Worked by hand from DESIGN.md, to 6 significant digits (so asserted to rel 1e-5): eta = E^m C,
+# m = 0.1382 - 0.9211/sqrt(Z), C = 0.1904 - 0.2236 lnZ + 0.1292 lnZ^2 - 0.01491 lnZ^3.
+# Au, Z = 79, E = 20 keV: lnZ = 4.369448, sqrt(Z) = 8.888194, m = 0.1382 - 0.103632 = 0.034568,
+#   C = 0.1904 - 0.977014 + 2.466680 - 1.243797 = 0.436268,
+#   20^m = exp(0.034568 * 2.995732) = exp(0.103557) = 1.109109, eta = 0.483869.
+ETA_AU_20KV = 0.483869
+# C, Z = 6, E = 10 keV: lnZ = 1.791759, sqrt(Z) = 2.449490, m = 0.1382 - 0.376038 = -0.237838,
+#   C = 0.1904 - 0.400637 + 0.414782 - 0.085768 = 0.118780 (0.1187802),
+#   10^m = exp(-0.237838 * 2.302585) = 0.578312, eta = 0.0686921.
+ETA_C_10KV = 0.0686921
+RTOL = 1e-5  # the hand values carry 6 significant digits
 
 
 def test_backscatter_gold_20kv_matches_hand_value():
-    assert backscatter_coefficient(79, 20.0) == pytest.approx(ETA_AU_20KV, abs=0.01)
-    assert backscatter_coefficient(79, 20.0) == pytest.approx(0.48, abs=0.01)
+    assert backscatter_coefficient(79, 20.0) == pytest.approx(ETA_AU_20KV, rel=RTOL)
 
 
 def test_backscatter_carbon_10kv_matches_hand_value():
-    assert backscatter_coefficient(6, 10.0) == pytest.approx(ETA_C_10KV, abs=0.01)
-    # tighter than the brief's 0.01: eta(C) itself is only 0.07
-    assert backscatter_coefficient(6, 10.0) == pytest.approx(ETA_C_10KV, rel=0.01)
+    assert backscatter_coefficient(6, 10.0) == pytest.approx(ETA_C_10KV, rel=RTOL)
 
 
 def test_backscatter_at_1kev_is_the_constant_C():
     # E^m = 1 at E = 1 keV whatever m is, so eta(Au, 1 keV) = C(79) = 0.436268 (worked above)
-    assert backscatter_coefficient(79, 1.0) == pytest.approx(0.436268, rel=1e-5)
+    assert backscatter_coefficient(79, 1.0) == pytest.approx(0.436268, rel=RTOL)
+    # and eta(C, 1 keV) = C(6) = 0.1187802
+    assert backscatter_coefficient(6, 1.0) == pytest.approx(0.1187802, rel=RTOL)
+
+
+def test_exponent_m_carries_the_energy_dependence():
+    # eta(E2) / eta(E1) = (E2 / E1)^m: Au, m = 0.034568, 20 / 10 keV: 2^0.034568 = 1.024253;
+    # C, m = -0.237838: 2^-0.237838 = exp(-0.164856) = 0.848015 (heavy elements brighten, light ones darken with E)
+    assert backscatter_coefficient(79, 20.0) / backscatter_coefficient(79, 10.0) == pytest.approx(1.024253, rel=RTOL)
+    assert backscatter_coefficient(6, 20.0) / backscatter_coefficient(6, 10.0) == pytest.approx(0.848015, rel=RTOL)
 
 
 def test_backscatter_grows_with_Z_at_20kv():
@@ -54,11 +61,14 @@ def test_backscatter_broadcasts_like_numpy():
     assert eta[0, 2] == pytest.approx(backscatter_coefficient(6, 4.0))
 
 
-@pytest.mark.parametrize("energy, expected_nm", [(1.0, 6.0), (2.0, 18.0), (4.0, 59.0)])
+# R = 1000 * 0.0276 * A * E^1.67 / (Z^0.889 rho) nm; Au with A = 197, rho = 19.3:
+# 79^0.889 = exp(0.889 * 4.369448) = 48.6379, R(1 keV) = 5437.2 / (48.6379 * 19.3) = 5.79199 nm,
+# 2^1.67 = exp(1.157556) = 3.182147, 4^1.67 = exp(2.315111) = 10.126047
+@pytest.mark.parametrize("energy, expected_nm", [(1.0, 5.79199), (2.0, 18.4309), (4.0, 58.6500)])
 def test_kanaya_okayama_range_of_gold(energy, expected_nm):
-    # R = 0.0276 * 197 * E^1.67 / (79^0.889 * 19.3) um = 5.79 nm * E^1.67
-    assert kanaya_okayama_range_nm(79, 197.0, 19.3, energy) == pytest.approx(expected_nm, rel=0.05)
-    assert get_material("Au").range_nm(energy) == pytest.approx(expected_nm, rel=0.05)
+    assert kanaya_okayama_range_nm(79, 197.0, 19.3, energy) == pytest.approx(expected_nm, rel=RTOL)
+    # periodictable's A of gold is 196.96657 (not 197): 1.7e-4 less
+    assert get_material("Au").range_nm(energy) == pytest.approx(expected_nm * 196.96657 / 197.0, rel=RTOL)
 
 
 def test_kanaya_okayama_range_scales_with_E_to_the_1_67():
@@ -67,18 +77,15 @@ def test_kanaya_okayama_range_scales_with_E_to_the_1_67():
 
 
 def test_epoxy_is_castaing_mean_of_its_elements():
-    # C21H24O4: M = 21*12.011 + 24*1.008 + 4*15.999 = 340.42; mass fractions C 0.7409, H 0.0711, O 0.1880
+    # C21H24O4: M = 21*12.011 + 24*1.008 + 4*15.999 = 252.231 + 24.192 + 63.996 = 340.419;
+    # mass fractions C 0.740943, H 0.0710654, O 0.187992 (IUPAC conventional weights, as periodictable)
     epoxy = get_material("epoxy")
-    assert epoxy.mass_fractions[6] == pytest.approx(0.7409, abs=1e-3)
-    assert epoxy.mass_fractions[1] == pytest.approx(0.0711, abs=1e-3)
-    assert epoxy.mass_fractions[8] == pytest.approx(0.1880, abs=1e-3)
+    fractions = {6: 0.740943, 1: 0.0710654, 8: 0.187992}
+    for z, fraction in fractions.items():
+        assert epoxy.mass_fractions[z] == pytest.approx(fraction, rel=RTOL)
     for energy in (1.0, 2.0, 4.0, 10.0, 20.0):
-        by_hand = (
-            0.7409 * backscatter_coefficient(6, energy)
-            + 0.0711 * backscatter_coefficient(1, energy)
-            + 0.1880 * backscatter_coefficient(8, energy)
-        )
-        assert epoxy.backscatter_coefficient(energy) == pytest.approx(by_hand, rel=2e-3)
+        by_hand = sum(w * backscatter_coefficient(z, energy) for z, w in fractions.items())
+        assert epoxy.backscatter_coefficient(energy) == pytest.approx(by_hand, rel=RTOL)
 
 
 @pytest.mark.parametrize("energy", [1.0, 2.0, 4.0, 10.0, 20.0])
@@ -91,15 +98,19 @@ def test_epoxy_eta_between_light_elements_and_far_below_gold(energy):
 
 @pytest.mark.parametrize("energy", [1.0, 2.0, 4.0])
 def test_epoxy_range_is_far_longer_than_golds(energy):
-    # (A_ep/A_Au) (Z_Au/Z_ep)^0.889 (rho_Au/rho_ep) = (11.98/196.97)(79/6.02)^0.889 (19.3/1.2) = 9.6
+    # (A_ep/A_Au) (Z_Au/Z_ep)^0.889 (rho_Au/rho_ep), with Z_ep = 6.020657 and A_ep = 11.978779
+    # (test_material_weighted_Z_and_A): 0.0608156 * 13.121495^0.889 * 16.083333
+    # = 0.0608156 * 9.860418 * 16.083333 = 9.64458, the same at every energy (E^1.67 cancels)
     ratio = get_material("epoxy").range_nm(energy) / get_material("Au").range_nm(energy)
-    assert ratio == pytest.approx(9.6, rel=0.05)
+    assert ratio == pytest.approx(9.64458, rel=RTOL)
 
 
 def test_material_weighted_Z_and_A():
+    # Z = 0.740943 * 6 + 0.0710654 * 1 + 0.187992 * 8 = 6.020657;
+    # A = 0.740943 * 12.011 + 0.0710654 * 1.008 + 0.187992 * 15.999 = 11.978779
     epoxy = get_material("epoxy")
-    assert epoxy.Z == pytest.approx(0.7409 * 6 + 0.0711 * 1 + 0.1880 * 8, abs=0.01)
-    assert epoxy.A == pytest.approx(11.98, abs=0.02)
+    assert epoxy.Z == pytest.approx(6.020657, rel=RTOL)
+    assert epoxy.A == pytest.approx(11.978779, rel=RTOL)
     gold = get_material("Au")
     assert (gold.Z, gold.density_g_cm3) == (79.0, pytest.approx(19.3, abs=0.05))
 
