@@ -36,7 +36,7 @@ at the grid points from A (A is one) and moves its last one back to B - p, which
 grid window (b - s) or the volume's end window N - p: over the core it places exactly the
 whole-volume run's windows, with the same Gaussian weights, summed in the same order, so the
 chunked probabilities equal the whole-volume ones (only the net's own batch-size dependent
-rounding differs). _axis_blocks checks this for every block of every run against MONAI's own
+rounding differs). axis_blocks checks this for every block of every run against MONAI's own
 window placement (monai.data.utils.dense_patch_slices), and the tests compare the results.
 The halos are shorter than a patch: p - s after the core, s * floor((p - 1) / s) before it
 (a little more before a last core that is shorter than a patch).
@@ -107,7 +107,9 @@ __all__ = [
     "WORK_DIR",
     "NormalizedStack",
     "PredictorFactory",
+    "axis_blocks",
     "finished_chunks",
+    "plan_chunks",
     "predict_to_disk",
     "predict_volume",
     "probability_name",
@@ -303,7 +305,7 @@ def predict_to_disk(
     roi = patch_shape(patch_size, dims)
     k = n_adjacent if dims == "2.5d" else 1
     n_classes, chunk_slices = int(n_classes), int(chunk_slices)
-    chunks, chunking = _plan_chunks(shape, dims, roi, overlap, chunk_slices, block)
+    chunks, chunking = plan_chunks(shape, dims, roi, overlap, chunk_slices, block)
     if slices_per_batch is None:
         per_slice = len(channels) * k * shape[1] * shape[2] * 4
         slices_per_batch = max(1, min(chunk_slices, BATCH_BYTES // per_slice))
@@ -548,7 +550,7 @@ class _Chunk:
         return int(slices) if slices.is_integer() else slices
 
 
-def _plan_chunks(shape, dims: str, roi, overlap: float, chunk_slices: int, block) -> tuple[list[_Chunk], list]:
+def plan_chunks(shape, dims: str, roi, overlap: float, chunk_slices: int, block) -> tuple[list[_Chunk], list]:
     """The chunks, and the chunking as stored in the fingerprint."""
     n_z, n_y, n_x = shape
     if dims != "3d":
@@ -558,7 +560,7 @@ def _plan_chunks(shape, dims: str, roi, overlap: float, chunk_slices: int, block
     block = (int(block),) * 3 if isinstance(block, (int, np.integer)) else tuple(int(b) for b in block)
     if len(block) != 3 or min(block) < 1:
         raise ValueError(f"block must be one size or three (z, y, x) sizes >= 1, got {block}")
-    axes = [_axis_blocks(n, p, overlap, b) for n, p, b in zip(shape, roi, block)]
+    axes = [axis_blocks(n, p, overlap, b) for n, p, b in zip(shape, roi, block)]
     chunks = [
         _Chunk(i, tuple((a, b) for a, b, _, _ in blocks), tuple((lo, hi) for _, _, lo, hi in blocks))
         for i, blocks in enumerate(product(*axes))
@@ -566,7 +568,7 @@ def _plan_chunks(shape, dims: str, roi, overlap: float, chunk_slices: int, block
     return chunks, [axis[0][1] - axis[0][0] for axis in axes]
 
 
-def _axis_blocks(size: int, patch: int, overlap: float, core: int) -> list[tuple[int, int, int, int]]:
+def axis_blocks(size: int, patch: int, overlap: float, core: int) -> list[tuple[int, int, int, int]]:
     """Blocks (a, b, A, B) along one axis: core [a, b), read [A, B) (see the module docstring).
 
     Checks each block against MONAI's window placement: the windows MONAI places on [A, B)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from torch import Tensor
 
-__all__ = ["scan_interval", "sliding_window", "window_groups", "window_starts"]
+__all__ = ["batch_blocks", "scan_interval", "sliding_window", "window_groups", "window_starts"]
 
 SIGMA_SCALE = 0.125  # MONAI's default Gaussian width, as a fraction of the patch
 
@@ -73,7 +73,7 @@ def window_groups(size: int, patch: int, overlap: float) -> list[tuple[int, int,
     return groups + [(w, patch, 1) for w in off_grid]
 
 
-def _batch_blocks(counts: Sequence[int], sw_batch_size: int) -> list[tuple[slice, ...]]:
+def batch_blocks(counts: Sequence[int], sw_batch_size: int) -> list[tuple[slice, ...]]:
     """Rectangular blocks of a window grid of `counts` windows per axis, each of at most
     sw_batch_size windows (at least one): whole trailing axes, as many rows of the next as fit."""
     n_dims = len(counts)
@@ -140,7 +140,7 @@ def sliding_window(
     for group in product(*(window_groups(n, p, overlap) for n, p in zip(padded, roi))):
         _windows_view(total, group, roi).add_(weight)
         counts = [count for _, _, count in group]
-        for image, block in product(range(n_images), _batch_blocks(counts, sw_batch_size)):
+        for image, block in product(range(n_images), batch_blocks(counts, sw_batch_size)):
             windows = _windows_view(inputs[image], group, roi)[(slice(None), *block)]  # (C, *n, *roi)
             n = windows.shape[1 : 1 + n_dims]
             batch = windows.movedim(0, n_dims).reshape(-1, n_channels, *roi)  # (prod(n), C, *roi), a copy

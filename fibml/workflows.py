@@ -46,8 +46,8 @@ from fibml.report import (
 )
 
 __all__ = [
-    "build_model", "evaluate", "evaluate_model", "load_model", "predict", "resolve_checkpoint", "train",
-    "train_objective", "voltage_weights",
+    "build_model", "evaluate", "evaluate_model", "load_model", "morphology_settings", "predict",
+    "resolve_checkpoint", "score_row", "slug", "train", "train_objective", "voltage_weights",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
         )
     out = Path(cfg.paths.output_dir)
     split = cfg.get("split", "test")
-    morphology = _morphology_settings(cfg.get("morphology"))
+    morphology = morphology_settings(cfg.get("morphology"))
     reference = None if specs else _test_datamodule(cfg.data, cfg.get("data_dir"))
     jobs = _baseline_jobs(methods, reference) if reference is not None else None
     rows, panels, curves = [], {}, {}
@@ -188,7 +188,7 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
         _check_same_slices(datamodule, reference, split, checkpoint)
         name = _unique(method_name(run_cfg), [r["method"] for r in rows], checkpoint)
         row, panels[name] = _evaluate_one(
-            model, datamodule, out / _slug(name) if several else out, name, cfg.inference, split,
+            model, datamodule, out / slug(name) if several else out, name, cfg.inference, split,
             cfg.get("save_predictions", True), print_table=not several, curves=curves, morphology=morphology,
         )
         rows.append(row)
@@ -197,7 +197,7 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
     for job in jobs:
         row, panels[job["name"]] = _evaluate_baseline(
             job, reference, raw, split, cfg.get("baseline_training") or {},
-            out / _slug(job["name"]) if several else out, cfg.get("save_predictions", True), print_table=not several,
+            out / slug(job["name"]) if several else out, cfg.get("save_predictions", True), print_table=not several,
             curves=curves, morphology=morphology,
         )
         rows.append(row)
@@ -281,7 +281,7 @@ def _evaluate_baseline(job: Mapping, reference, raw, split: str, training: Mappi
     z0, z1 = max(0, z.start - halo), min(images.shape[1], z.stop + halo)
     prediction = segmenter.predict(images[:, z0:z1])[z.start - z0 : z.stop - z0]
     truth = _labels(reference, z)
-    row = _score_row(job["name"], split, z, prediction, truth, n_phases, reference.dataset.voxel_size_nm, curves,
+    row = score_row(job["name"], split, z, prediction, truth, n_phases, reference.dataset.voxel_size_nm, curves,
                      phases=_phase_names(reference, n_phases), morphology=morphology)
     row |= extra
     method_curves = {key: curves[key] for key in ("ground truth", job["name"]) if key in curves}
@@ -464,7 +464,7 @@ def _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predi
         if reference is not None:
             curves["ground truth"] = reference
     n_phases = _n_phases(datamodule) if truth is not None else probabilities.shape[0]
-    row = _score_row(name, split, z, prediction, truth, max(probabilities.shape[0], n_phases), voxel, curves,
+    row = score_row(name, split, z, prediction, truth, max(probabilities.shape[0], n_phases), voxel, curves,
                      phases=_phase_names(datamodule, max(probabilities.shape[0], n_phases)), morphology=morphology)
     weights = voltage_weights(model, getattr(datamodule, "voltages", None))
     if weights:
@@ -474,13 +474,13 @@ def _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predi
     return row, prediction
 
 
-def _score_row(name: str, split: str, z: range, prediction: np.ndarray, truth: np.ndarray, n_classes: int,
+def score_row(name: str, split: str, z: range, prediction: np.ndarray, truth: np.ndarray, n_classes: int,
                voxel_size_nm=None, curves: dict | None = None, phases: list[str] | None = None,
                morphology: Mapping | None = None) -> dict:
     """MP / MGP / MDS / awe and the IoU of each phase against the truth, and the anisotropy
     errors (eq. 4, 5) of the prediction alone: the numbers a user can also get for real data
     without ground truth. The S2 curves go into ``curves[name]`` when a dict is given (for tpcf.png).
-    With ``morphology`` (settings from _morphology_settings), also the prediction's tortuosity and
+    With ``morphology`` (settings from morphology_settings), also the prediction's tortuosity and
     constrictivity (morphology_columns)."""
     row = {"method": name, "split": f"{split} (z {z.start}-{z.stop - 1})"}
     if truth is not None:
@@ -527,7 +527,7 @@ AXES = "zyx"
 MORPHOLOGY = [f"tau {a}" for a in AXES] + ["beta"]
 
 
-def _morphology_settings(node) -> dict | None:
+def morphology_settings(node) -> dict | None:
     """evaluate.yaml's ``morphology`` node as keyword arguments of morphology_columns, or None when off."""
     from fibml.metrics.morphology import INLETS
 
@@ -598,7 +598,7 @@ def _unique(name: str, taken: list[str], checkpoint: Path) -> str:
     return f"{name} ({run.name})"
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", name).strip("_")
 
 

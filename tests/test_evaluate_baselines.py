@@ -81,14 +81,14 @@ def test_evaluate_names_what_is_missing(tiny_dataset, tmp_path):
 
 
 def test_scores_of_three_phases_carry_iou_per_phase_and_awe():
-    from fibml.workflows import _score_row
+    from fibml.workflows import score_row
 
     truth = np.zeros((4, 8, 8), np.uint8)
     truth[:, :4] = 1
     truth[:, 6:] = 2
     prediction = truth.copy()
     prediction[:, 6:] = 0  # phase 2 missed entirely
-    row = _score_row("m", "test", range(0, 4), prediction, truth, 3, (1, 1, 1), phases=["pore", "active", "binder"])
+    row = score_row("m", "test", range(0, 4), prediction, truth, 3, (1, 1, 1), phases=["pore", "active", "binder"])
     assert row["IoU binder"] == 0.0 and row["IoU active"] == 1.0
     # IoU pore = 16 / 32 = 0.5; fractions 1/4, 1/2, 1/4 -> awe = 100 (1 - (0.5/4 + 1/2 + 0)) = 37.5
     assert row["awe %"] == pytest.approx(37.5) and row["IoU pore"] == pytest.approx(0.5)
@@ -96,7 +96,7 @@ def test_scores_of_three_phases_carry_iou_per_phase_and_awe():
 
 def test_morphology_columns_in_the_comparison_match_the_metrics_of_each_prediction(tiny_dataset, tmp_path):
     from fibml.metrics.morphology import constrictivity, geodesic_tortuosity
-    from fibml.workflows import _slug
+    from fibml.workflows import slug
 
     cfg = compose_config("evaluate", ["method=kmeans", f"data_dir={tiny_dataset}", "morphology.enabled=true",
                                       "morphology.axes=[y,x]", "method.kmeans.inputs=[[1],[4]]"], tmp_path)
@@ -104,7 +104,7 @@ def test_morphology_columns_in_the_comparison_match_the_metrics_of_each_predicti
     out = Path(cfg.paths.output_dir)
     for row in rows:
         assert "tau z" not in row  # only the axes asked for
-        prediction, _ = read_stack(out / _slug(row["method"]) / "prediction.tif")
+        prediction, _ = read_stack(out / slug(row["method"]) / "prediction.tif")
         assert row["tau y"] == pytest.approx(geodesic_tortuosity(prediction, 0, 1, 2.5)["mean"])
         assert row["tau x"] == pytest.approx(geodesic_tortuosity(prediction, 0, 2, 2.5)["mean"])
         assert row["beta"] == pytest.approx(constrictivity(prediction, 0, 2.5, inlet="z0")["beta"])
@@ -123,7 +123,7 @@ def test_morphology_columns_in_the_comparison_match_the_metrics_of_each_predicti
 
 
 def test_morphology_columns_are_nan_where_undefined_and_settings_are_checked():
-    from fibml.workflows import _morphology_settings, morphology_columns
+    from fibml.workflows import morphology_settings, morphology_columns
 
     solid = np.ones((6, 8, 8), np.uint8)  # no pore at all
     columns = morphology_columns(solid, (2.0, 2.0, 2.0), phase=0)
@@ -139,10 +139,10 @@ def test_morphology_columns_are_nan_where_undefined_and_settings_are_checked():
     thick = morphology_columns(stairs, (4.0, 2.0, 2.0), axes=["z"])
     assert thick == pytest.approx(morphology_columns(np.repeat(stairs, 2, axis=0), (2.0, 2.0, 2.0), axes=["z"]))
     assert thick["tau z"] < morphology_columns(stairs, (2.0, 2.0, 2.0), axes=["z"])["tau z"]
-    assert _morphology_settings({"enabled": False}) is None
-    assert _morphology_settings({"enabled": True, "axes": ["x"], "inlet": None}) == {
+    assert morphology_settings({"enabled": False}) is None
+    assert morphology_settings({"enabled": True, "axes": ["x"], "inlet": None}) == {
         "phase": 0, "axes": ["x"], "inlet": None}
     with pytest.raises(ValueError, match="morphology.axes"):
-        _morphology_settings({"enabled": True, "axes": ["w"]})
+        morphology_settings({"enabled": True, "axes": ["w"]})
     with pytest.raises(ValueError, match="morphology.inlet must be one of z0, z1"):
-        _morphology_settings({"enabled": True, "inlet": "q0"})
+        morphology_settings({"enabled": True, "inlet": "q0"})

@@ -113,16 +113,16 @@ def test_chunked_prediction_equals_whole_volume(dims, sigmas, shape):
     model = RandomForestSegmenter(dims=dims, sigmas=sigmas, chunk_slices=shape[0], n_estimators=5, max_depth=6,
                                   n_jobs=1).fit(images, labels)
     whole_proba, whole = model.predict_proba(images), model.predict(images)
-    whole_features = model._chunk_features(images, 0, shape[0])
+    whole_features = model.chunk_features(images, 0, shape[0])
     model.chunk_slices = 3
     np.testing.assert_array_equal(model.predict(images), whole)
     np.testing.assert_allclose(model.predict_proba(images), whole_proba, rtol=0, atol=1e-7)
-    chunked = np.concatenate([model._chunk_features(images, z, z + 3) for z in range(0, shape[0], 3)], axis=1)
+    chunked = np.concatenate([model.chunk_features(images, z, z + 3) for z in range(0, shape[0], 3)], axis=1)
     np.testing.assert_array_equal(chunked, whole_features)  # bitwise
     assert 0.05 < whole.mean() < 0.95  # both phases predicted: the comparison is not trivial
 
     model.halo -= 1  # one slice short of the rule: the chunk seams show
-    chunked = np.concatenate([model._chunk_features(images, z, z + 3) for z in range(0, shape[0], 3)], axis=1)
+    chunked = np.concatenate([model.chunk_features(images, z, z + 3) for z in range(0, shape[0], 3)], axis=1)
     assert not np.array_equal(chunked, whole_features)
 
 
@@ -130,15 +130,15 @@ def test_fit_filters_only_the_labelled_slices_and_their_halo(monkeypatch):
     images, truth = two_detector_volume()
     labels = sparse_labels(truth, z_range=range(2, 10), n_slices=2, pixels_per_class=50)  # slices 2 and 9
     blocks = []
-    compute = forest._FeaturePlan.compute
+    compute = forest.FeaturePlan.compute
     monkeypatch.setattr(
-        forest._FeaturePlan, "compute", lambda self, block, *a: blocks.append(block.shape[1]) or compute(self, block, *a)
+        forest.FeaturePlan, "compute", lambda self, block, *a: blocks.append(block.shape[1]) or compute(self, block, *a)
     )
     model = RandomForestSegmenter(**SMALL_FOREST).fit(images, labels)
     assert blocks == [3, 3]  # slices 1-3 and 8-10: 2D halo of one slice for the z-neighbours
     z, y, x = np.nonzero(labels != UNLABELLED)
-    whole = model._chunk_features(images, 0, SHAPE[0])
-    np.testing.assert_array_equal(model._features_at(images, z, y, x), whole[:, z, y, x].T)
+    whole = model.chunk_features(images, 0, SHAPE[0])
+    np.testing.assert_array_equal(model.features_at(images, z, y, x), whole[:, z, y, x].T)
 
 
 def test_same_seed_same_result_whatever_the_thread_count():
@@ -159,10 +159,10 @@ def test_training_sample_is_stratified_and_seeded():
     labels[1] = 0
     labels[2, :, :40] = 1
     labels[2, 0, 45:] = 2  # 5 voxels: a rare phase keeps a voxel
-    z, y, x = forest._sample_labelled(labels, 1000, np.random.default_rng(0))
+    z, y, x = forest.sample_labelled(labels, 1000, np.random.default_rng(0))
     counts = np.bincount(labels[z, y, x], minlength=3)
     np.testing.assert_array_equal(counts, [1000 * 2500 // 4505, 1000 * 2000 // 4505, 1])
-    again = forest._sample_labelled(labels, 1000, np.random.default_rng(0))
+    again = forest.sample_labelled(labels, 1000, np.random.default_rng(0))
     np.testing.assert_array_equal(np.ravel_multi_index(again, labels.shape), np.ravel_multi_index((z, y, x), labels.shape))
 
 

@@ -23,7 +23,7 @@ import pytest
 import tifffile
 import torch
 from monai.data.utils import dense_patch_slices
-from monai.inferers.utils import _get_scan_interval
+from monai.inferers.utils import _get_scan_interval  # MONAI exposes its stride nowhere public: the reference fibml matches
 
 from fibml import inference
 from fibml.data.transforms import normalize_stack, percentile_range, percentile_step
@@ -169,7 +169,7 @@ def test_3d_blocks_see_exactly_monais_whole_volume_windows():
         stride = _get_scan_interval((max(size, patch),), (patch,), 1, (overlap,))[0]
         assert scan_interval(size, patch, overlap) == stride
         whole = [s[0].start for s in dense_patch_slices((max(size, patch),), (patch,), (stride,))]
-        blocks = inference._axis_blocks(size, patch, overlap, core)
+        blocks = inference.axis_blocks(size, patch, overlap, core)
         assert [(a, b) for a, b, _, _ in blocks] == sorted((a, b) for a, b, _, _ in blocks)
         assert blocks[0][0] == 0 and blocks[-1][1] == size
         for (a, b, lo, hi), following in zip(blocks, blocks[1:] + [(size, size, 0, 0)]):
@@ -259,6 +259,7 @@ if __name__ == "__main__":
 '''
 
 
+@pytest.mark.subprocess
 def test_sigkilled_process_resumes_to_identical_files(tmp_path):
     script = tmp_path / "predict_slowly.py"
     script.write_text(SCRIPT)
@@ -334,6 +335,7 @@ def test_inputs_are_checked_before_anything_is_written(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.subprocess
 def test_two_worker_processes_write_the_same_files_as_one(tmp_path):
     images = _images((2, 12, 32, 32))
     factory = ConvFactory(2, 3, "2d")
@@ -620,6 +622,7 @@ print(json.dumps({"baseline": baseline, "peak": status("VmHWM"), "n_chunks": sum
 '''
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmRSS / VmHWM from /proc (Linux)")
 def test_reading_and_writing_do_not_grow_the_resident_memory_with_the_files(tmp_path):
     # Pages of memory-mapped files count in a process's resident set (RSS): predicting a stack

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fibml.synth.montecarlo import (
-    _safe_distance,
+    safe_distance,
     backscatter_dataset,
     bulk_backscatter,
     simulate_bse_stack,
@@ -119,19 +119,19 @@ def test_same_seed_same_image_and_slices_independent_of_the_run(wave):
     assert not np.array_equal(full, other)
 
 
-def test_work_dir_resumes_and_refuses_other_settings(wave, tmp_path, monkeypatch):
-    import fibml.synth.montecarlo as mc
-
+def test_work_dir_resumes_and_refuses_other_settings(wave, tmp_path):
     labels = wave[:3, :10, :10]
     options = {"electrons_per_pixel": 4, "progress": False, "work_dir": tmp_path / "mc"}
     first = simulate_bse_stack(labels, 2.0, 2.5, slices=[0, 1], **options)
-    calls = []
-    transport = mc._transport
-    monkeypatch.setattr(mc, "_transport", lambda *a, **k: calls.append(1) or transport(*a, **k))
+    saved = sorted((tmp_path / "mc").glob("*.npy"))  # one file per finished slice
+    assert len(saved) == 2
+    np.testing.assert_array_equal(np.load(saved[1]), first[1])
+    np.save(saved[1], np.full_like(first[1], -1.0))  # a finished slice is loaded, never simulated again
     resumed = simulate_bse_stack(labels, 2.0, 2.5, **options)
-    assert len(calls) == 1  # only slice 2 was simulated
-    np.testing.assert_array_equal(resumed[:2], first)
-    np.testing.assert_array_equal(resumed, simulate_bse_stack(labels, 2.0, 2.5, electrons_per_pixel=4, progress=False))
+    np.testing.assert_array_equal(resumed[0], first[0])
+    assert (resumed[1] == -1.0).all()
+    fresh = simulate_bse_stack(labels, 2.0, 2.5, electrons_per_pixel=4, progress=False)
+    np.testing.assert_array_equal(resumed[[0, 2]], fresh[[0, 2]])  # slice 2 simulated as in one run
     with pytest.raises(ValueError, match="other settings"):
         simulate_bse_stack(labels, 4.0, 2.5, **options)
 
@@ -148,13 +148,13 @@ def test_detector_weighting_and_angles():
 def test_safe_distance_is_the_chessboard_distance_to_another_material():
     labels = np.zeros((9, 9, 9), dtype=np.uint8)
     labels[4, 4, 4] = 1
-    safe = _safe_distance(labels, ("reflect",) * 3)
+    safe = safe_distance(labels, ("reflect",) * 3)
     assert safe[4, 4, 4] == 0 and safe[3, 5, 4] == 0  # next to the other material
     assert safe[4, 4, 7] == 2 and safe[1, 4, 4] == 2
-    periodic = _safe_distance(labels, ("periodic",) * 3)
+    periodic = safe_distance(labels, ("periodic",) * 3)
     assert periodic[0, 4, 4] == 3  # across the periodic border the gold voxel is 5 - 1 = 4 away
     assert safe[0, 4, 4] == 3 and safe[0, 0, 0] == 3
-    assert _safe_distance(np.ones((2, 3, 3), dtype=np.uint8), ("periodic",) * 3).min() == 15
+    assert safe_distance(np.ones((2, 3, 3), dtype=np.uint8), ("periodic",) * 3).min() == 15
 
 
 def test_backscatter_dataset_table_and_csv(tmp_path):

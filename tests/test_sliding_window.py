@@ -11,7 +11,7 @@ from monai.inferers import sliding_window_inference
 from fibml.data.transforms import scale_to_unit
 from fibml.inference import first_argmax
 from fibml.sliding_window import (
-    _batch_blocks,
+    batch_blocks,
     sliding_window,
     window_groups,
     window_starts,
@@ -112,7 +112,7 @@ def test_window_groups_partition_monai_windows_without_overlap(size, patch, over
 @pytest.mark.parametrize(("counts", "sw"), [((5, 7), 10), ((5, 7), 3), ((5, 7), 100), ((3, 4, 5), 7), ((1,), 1)])
 def test_batch_blocks_cover_the_grid_once(counts, sw):
     hits = np.zeros(counts, dtype=int)
-    for block in _batch_blocks(counts, sw):
+    for block in batch_blocks(counts, sw):
         assert 1 <= hits[block].size <= max(sw, 1)
         hits[block] += 1
     assert (hits == 1).all()

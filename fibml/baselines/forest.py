@@ -31,7 +31,7 @@ from fibml.baselines.common import (
     check_sparse_labels,
 )
 
-__all__ = ["FEATURE_GROUPS", "RandomForestSegmenter", "feature_halo", "filter_features"]
+__all__ = ["FEATURE_GROUPS", "FeaturePlan", "RandomForestSegmenter", "feature_halo", "filter_features", "sample_labelled"]
 
 # the paper's Fig. 3 groups (edge, smoothing, texture), plus the tailored milling-progress features
 FEATURE_GROUPS = ("smoothing", "edge", "texture", "z-neighbour")
@@ -84,7 +84,7 @@ def filter_features(
     "se2 gaussian s=1.6"; F groups, each one of ``FEATURE_GROUPS``.
     """
     images = check_images(images)
-    plan = _FeaturePlan(images.shape[0], dims, sigmas, channel_difference, z_neighbours, channel_names)
+    plan = FeaturePlan(images.shape[0], dims, sigmas, channel_difference, z_neighbours, channel_names)
     features = plan.compute(images.astype(np.float32, copy=False), 0, images.shape[1], _threads(n_jobs))
     return features, list(plan.names), list(plan.groups)
 
@@ -191,7 +191,7 @@ class RandomForestSegmenter:
         images = check_images(images)
         labels = check_sparse_labels(labels, images.shape[1:])
         n_channels = images.shape[0]
-        self._plan = _FeaturePlan(
+        self._plan = FeaturePlan(
             n_channels, self.dims, self.sigmas, self.channel_difference, self.z_neighbours, self.channel_names
         )
         self.mean_, self.std_ = _channel_statistics(images)
@@ -201,8 +201,8 @@ class RandomForestSegmenter:
         self.feature_channels_ = list(self._plan.channels)
 
         rng = np.random.default_rng(self.seed)
-        z, y, x = _sample_labelled(labels, self.max_training_samples, rng)
-        features = self._features_at(images, z, y, x)
+        z, y, x = sample_labelled(labels, self.max_training_samples, rng)
+        features = self.features_at(images, z, y, x)
         forest = RandomForestClassifier(
             n_estimators=self.n_estimators,
             max_depth=self.max_depth,
@@ -272,8 +272,8 @@ class RandomForestSegmenter:
         n_repeats = _check_positive(n_repeats, "n_repeats")
         max_samples = _check_positive(max_samples, "max_samples")
         rng = np.random.default_rng(self.seed)
-        z, y, x = _sample_labelled(labels, max_samples, rng)
-        features = self._features_at(images, z, y, x)
+        z, y, x = sample_labelled(labels, max_samples, rng)
+        features = self.features_at(images, z, y, x)
         truth = labels[z, y, x]
         present = [c for c in self.classes_ if (truth == c).any()]
         base = _recalls(self._predict_rows(features), truth, present)
@@ -312,7 +312,7 @@ class RandomForestSegmenter:
             )
         return images
 
-    def _chunk_features(self, images: np.ndarray, z0: int, z1: int) -> np.ndarray:
+    def chunk_features(self, images: np.ndarray, z0: int, z1: int) -> np.ndarray:
         """float32 (F, z1 - z0, y, x) features of slices [z0, z1), computed on the block widened by
         the halo (clipped at the stack ends, which the filters mirror like the whole stack)."""
         b0, b1 = max(0, z0 - self.halo), min(images.shape[1], z1 + self.halo)
@@ -321,12 +321,12 @@ class RandomForestSegmenter:
             block[c] = (images[c, b0:b1].astype(np.float64) - self.mean_[c]) / self.std_[c]
         return self._plan.compute(block, z0 - b0, z1 - b0, _threads(self.n_jobs))
 
-    def _features_at(self, images: np.ndarray, z, y, x) -> np.ndarray:
+    def features_at(self, images: np.ndarray, z, y, x) -> np.ndarray:
         """float32 (n, F) features of the voxels (z, y, x) (z sorted), chunk by chunk."""
         rows = np.empty((len(z), len(self._plan.names)), dtype=np.float32)
         for z0, z1 in _runs(np.unique(z), self.chunk_slices):
             first, last = np.searchsorted(z, [z0, z1])
-            features = self._chunk_features(images, z0, z1)
+            features = self.chunk_features(images, z0, z1)
             rows[first:last] = features[:, z[first:last] - z0, y[first:last], x[first:last]].T
         return rows
 
@@ -336,7 +336,7 @@ class RandomForestSegmenter:
         with tqdm(total=depth, desc="random forest", unit="slice", disable=not self.progress, leave=False) as bar:
             for z0 in range(0, depth, self.chunk_slices):
                 z1 = min(depth, z0 + self.chunk_slices)
-                features = self._chunk_features(images, z0, z1)
+                features = self.chunk_features(images, z0, z1)
                 n_features, *shape = features.shape
                 # (voxel, feature) rows as a transposed view: scikit-learn's trees read any strides,
                 # as fast as from a C-ordered copy, which would cost a second chunk of memory
@@ -359,7 +359,7 @@ class RandomForestSegmenter:
         return self.classes_[self._forest_proba(rows).argmax(axis=1)]
 
 
-class _FeaturePlan:
+class FeaturePlan:
     """Names, groups and channels of the features, and their computation in that order."""
 
     def __init__(self, n_channels, dims, sigmas, channel_difference, z_neighbours, channel_names):
@@ -513,7 +513,7 @@ def _texture(channel: np.ndarray, sigma: float, dims: str, kind: str) -> np.ndar
     return out
 
 
-def _sample_labelled(labels: np.ndarray, max_samples: int, rng: np.random.Generator):
+def sample_labelled(labels: np.ndarray, max_samples: int, rng: np.random.Generator):
     """(z, y, x) index arrays, sorted by position, of at most ~max_samples labelled voxels, drawn per
     phase in proportion to its labelled voxels (every phase keeps at least one)."""
     flat = labels.reshape(-1)

@@ -53,6 +53,7 @@ __all__ = [
     "backscatter_dataset",
     "bulk_backscatter",
     "simulate_bse_stack",
+    "safe_distance",
     "simulate_layers",
     "write_backscatter_csv",
 ]
@@ -346,7 +347,7 @@ class VoxelGeometry:
         self.step_unit = float(min(voxel_nm))  # a safe distance of k voxels is k * this, in nm
         self.shape = labels.shape
         self.boundary = tuple(boundary)
-        code = (_safe_distance(labels, boundary).astype(np.uint8) << 4) | labels.astype(np.uint8)
+        code = (safe_distance(labels, boundary).astype(np.uint8) << 4) | labels.astype(np.uint8)
         self.code = torch.from_numpy(code.ravel()).to(device)
         self.n = torch.tensor(self.shape, dtype=torch.float32, device=device)
         self.last = torch.tensor(self.shape, device=device) - 1
@@ -387,7 +388,7 @@ class LayerGeometry:
         n_layer = np.rint(thickness_nm / step).astype(int)
         n_z = int(n_layer.max()) + n_bulk
         labels = (np.arange(n_z)[None, :] >= n_layer[:, None]).astype(np.uint8)  # (pixels, z)
-        code = (_safe_distance(labels[:, :, None], ("reflect", "reflect", "periodic"), axes=(1,)).astype(np.uint8)
+        code = (safe_distance(labels[:, :, None], ("reflect", "reflect", "periodic"), axes=(1,)).astype(np.uint8)
                 << 4) | labels[:, :, None]
         self.code = torch.from_numpy(np.ascontiguousarray(code[:, :, 0]).ravel()).to(device)
         self.n_z, self.step, self.step_unit = n_z, float(step), float(step)
@@ -397,7 +398,7 @@ class LayerGeometry:
         return torch.take(self.code, pixel * self.n_z + iz)
 
 
-def _safe_distance(labels: np.ndarray, boundary, axes=(0, 1, 2)) -> np.ndarray:
+def safe_distance(labels: np.ndarray, boundary, axes=(0, 1, 2)) -> np.ndarray:
     """Per voxel: how many voxels around it (chessboard distance, along `axes`) hold its own
     material, capped at MAX_SAFE; 0 for a voxel next to another material."""
     pad = MAX_SAFE + 1
