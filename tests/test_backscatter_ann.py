@@ -141,7 +141,10 @@ def test_report_files_and_r2(trained, tmp_path):
     assert "| test | 45 |" in (tmp_path / "backscatter_metrics.md").read_text()
 
 
+@pytest.mark.smoke
 def test_experiment_trains_and_reports(tmp_path):
+    """experiment=backscatter_ann composes, trains and writes its report (the ANN's accuracy:
+    test_ann_learns_eta)."""
     cfg = compose_config("train", ["experiment=backscatter_ann", "logger=csv", "data.source=hunger_kuchler",
                                    "trainer.max_epochs=2", "trainer.accelerator=cpu"], tmp_path)
     assert cfg.model.feature_scale == cfg.data.feature_scale and cfg.evaluate is False

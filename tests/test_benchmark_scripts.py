@@ -41,6 +41,7 @@ def run_script(name: str, out: Path, tmp_path: Path, **env) -> tuple[subprocess.
     ("domain_adaptation.sh", 8),  # 2 domains, CycleGAN, translate, distances, 2 segmentations, scores
     ("ml_simulation.sh", 10),     # ANN, 2 x (Monte Carlo, preprocessed), CycleGAN, translate, 2 seg., scores
 ])
+@pytest.mark.subprocess
 def test_resume_skips_finished_stages_and_continues_the_training(script, stages, tmp_path):
     out = tmp_path / "out"
     gan_dir = "cyclegan"  # both scripts' CycleGAN run folder

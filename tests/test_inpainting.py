@@ -243,7 +243,10 @@ def test_inpaint_volume_errors():
         inpaint_volume(volume, known, predictor, planes=("xy",))
 
 
+@pytest.mark.smoke
 def test_inpainting_experiment_trains_a_step(tiny_dataset, tmp_path):
+    """experiment=inpainting composes from the shared defaults and trains a step (that it learns:
+    test_e2e.test_every_experiment_learns_a_batch_and_evaluates; what it inpaints: the tests above)."""
     cfg = compose_config("train", ["experiment=inpainting"], tmp_path)
     assert cfg.data._target_.endswith("InpaintingDataModule") and cfg.model._target_.endswith("InpaintingTask")
     assert cfg.data.patch_size == 64 and dict(cfg.data.thickness) == THICKNESS and cfg.evaluate is False

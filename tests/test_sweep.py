@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import FAST_TRAIN, compose_config, small_net
@@ -29,6 +30,9 @@ def test_sweep_config_composes(tmp_path):
     assert cfg.optimized_metric == "val/mds" and "LateFusion" in cfg.model.net._target_
 
 
+@pytest.mark.slow
+@pytest.mark.smoke
+@pytest.mark.subprocess
 def test_sweep_of_two_trials_survives_a_failing_one(tiny_dataset, tmp_path):
     (tmp_path / "cfg" / "hparams_search").mkdir(parents=True)
     (tmp_path / "cfg" / "hparams_search" / "failing.yaml").write_text(FAILING)
