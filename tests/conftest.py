@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
@@ -80,3 +81,15 @@ def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictCon
         cfg.paths.log_dir = str(output_dir / "logs")
         cfg.paths.output_dir = str(output_dir / "run")
     return cfg
+
+
+class LossHistory(pl.Callback):
+    """The training loss of every step, for tests that check a model learns (a callback that a
+    config names: ``callbacks.losses._target_=tests.conftest.LossHistory``)."""
+
+    def __init__(self):
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.losses.append(float(loss))

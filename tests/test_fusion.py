@@ -33,23 +33,52 @@ def _nets(layout: str, n_voltages: int) -> dict[str, nn.Module]:
     }
 
 
+def _by_hand(name: str, net: nn.Module, x: torch.Tensor, c: int, n_voltages: int) -> torch.Tensor:
+    """What each fusion computes, written out: the voltage-major channels cut by hand (voltage v
+    owns channels v*c .. v*c + c - 1), every branch on its own voltage, then the paper's fusion."""
+    parts = [x[:, v * c : (v + 1) * c] for v in range(n_voltages)]
+    if name == "early":
+        return net(x)  # one U-Net on every channel: nothing to combine (its input width is checked below)
+    if name == "intermediate":
+        return net.head(torch.cat([branch(p) for branch, p in zip(net.branches, parts)], 1))
+    probs = [torch.softmax(branch(p), 1) for branch, p in zip(net.branches, parts)]
+    if name == "late-voting":  # p = sum_v w_v p_v, w = softmax(a); logits log p
+        w = torch.softmax(net.ensemble.logits, 0)
+        return torch.log(sum(w[v] * probs[v] for v in range(n_voltages)))
+    # conv: logit_o = sum_v sum_i W[o, v*K + i] p_v,i + b_o (a 1x1 convolution over the probabilities)
+    k = probs[0].shape[1]
+    weight = net.ensemble.weight.reshape(k, n_voltages, k)
+    spatial = "xyz"[: probs[0].ndim - 2]
+    logits = torch.einsum(f"ovi,bvi{spatial}->bo{spatial}", weight, torch.stack(probs, 1))
+    return logits + net.ensemble.bias.view(1, k, *(1,) * len(spatial))
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("n_voltages", [2, 3, 4])
-def test_every_fusion_net_runs_forward_and_backward(layout, n_voltages):
+def test_every_fusion_net_computes_its_fusion_and_trains_every_branch(layout, n_voltages):
     spatial, c, shape = LAYOUTS[layout]
     torch.manual_seed(0)
     x = torch.randn(2, n_voltages * c, *shape)
     for name, net in _nets(layout, n_voltages).items():
+        with torch.no_grad():  # an ensemble away from its symmetric start, so that every weight shows
+            for p in net.ensemble.parameters() if hasattr(net, "ensemble") else ():
+                p.add_(torch.randn_like(p))
+        net.eval()  # batch norm from running statistics: the same numbers in both passes
+        with torch.no_grad():
+            torch.testing.assert_close(net(x), _by_hand(name, net, x, c, n_voltages), rtol=1e-5, atol=1e-5,
+                                       msg=name)
+        net.train()
         out = net(x)
         assert out.shape == (2, 2, *shape), name
-        assert torch.isfinite(out).all(), name
         out.square().mean().backward()
-        grads = [p.grad for p in net.parameters()]
-        assert all(g is not None for g in grads), name
+        assert all(p.grad is not None for p in net.parameters()), name
         if hasattr(net, "branches"):
             assert len(net.branches) == n_voltages
             for branch in net.branches:  # every voltage's branch learns
                 assert any(p.grad.abs().sum() > 0 for p in branch.parameters()), name
+        else:  # early fusion: every voltage's slices are input channels of the one U-Net
+            first = next(m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d)))
+            assert first.in_channels == n_voltages * c, name
 
 
 def test_each_branch_sees_only_its_own_voltage():
