@@ -186,7 +186,9 @@ def test_single_voltage_kmeans_degrades_with_shine_through(tiny_dataset):
     # shine-through from deeper layers (paper, Table 3: 4.5 / 9.5 / 18.6 % at 1 / 2 / 4 kV).
     data = read_dataset(tiny_dataset)
     scores = {v: mp(kmeans_segmentation(data.images[v]), data.labels) for v in (1.0, 2.0, 4.0)}
-    # measured: 6.7 / 16.3 / 29.7 %
+    # The ordering is the paper's (Table 3) and the physics' (the range grows like E^1.67). The
+    # bounds have no independent reference on this tiny volume: they are the measured 6.7 / 16.3 /
+    # 29.7 % with margins of 3-6 points, a regression guard for the k-means baseline, not a proof.
     assert scores[1.0] < 10.0
     assert scores[2.0] > scores[1.0] + 4.0
     assert scores[4.0] > scores[2.0] + 4.0

@@ -89,7 +89,10 @@ def test_shine_through_index_of_a_structure_grows_with_voltage(noise):
 
     index = [shine_through_index(v) for v in (1.0, 2.0, 4.0)]
     assert index[0] < index[1] < index[2]
-    # measured 0.33, 0.63, 0.76 without noise: well apart, and pores never look like bulk gold
+    # measured 0.33, 0.63, 0.76 without noise. The ordering is the physics (the range grows like
+    # E^1.67, so more of the gold beneath shines through); the margins between them have no
+    # independent reference (issue 27 calibrates the model against the Monte Carlo) and guard the
+    # measured values. index < 1 is exact: a pore pixel mixes epoxy with attenuated gold, never more.
     assert index[1] - index[0] > 0.1 and index[2] - index[1] > 0.05
     assert index[2] < 0.9
 
