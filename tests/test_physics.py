@@ -149,3 +149,24 @@ def test_bad_energy_raises(energy):
 def test_bad_density_raises():
     with pytest.raises(ValueError, match="density"):
         kanaya_okayama_range_nm(79, 197.0, 0.0, 1.0)
+
+
+def test_results_are_float64_whatever_the_input_dtype():
+    # float32 or integer inputs are computed in float64: the hand value to its 6 digits
+    for Z, E in ((np.float32(79), np.float32(20.0)), (np.int32(79), np.int64(20)), ([79], [20])):
+        eta = backscatter_coefficient(Z, E)
+        assert np.asarray(eta).dtype == np.float64
+        assert float(np.ravel(eta)[0]) == pytest.approx(ETA_AU_20KV, rel=RTOL)
+    assert kanaya_okayama_range_nm(np.float32(79), 197, 19.3, np.float32(1.0)).dtype == np.float64
+    # float32 would lose digits: eta of Au at 20 kV agrees with the float64 formula to 1e-12
+    assert backscatter_coefficient(np.float32(79), np.float32(20.0)) == pytest.approx(0.48386884078123, rel=1e-12)
+
+
+def test_light_materials_below_one_gram_per_cm3_are_accepted():
+    # a resin of 0.9 g/cm^3 (C2H4): the range scales with 1 / density
+    assert kanaya_okayama_range_nm(6, 12.011, 0.9, 2.0) == pytest.approx(
+        kanaya_okayama_range_nm(6, 12.011, 1.8, 2.0) * 2, rel=1e-12)
+
+
+def test_elements_are_named_by_their_symbol():
+    assert get_material("Au").name == "Au" and get_material("Fe").name == "Fe"
