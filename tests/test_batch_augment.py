@@ -56,22 +56,47 @@ def test_probability_is_per_sample():
     assert 0.22 < flipped < 0.38
 
 
-def test_crop_zoom_of_a_ramp_is_exact_and_labels_follow():
-    """Bilinear resampling of a linear ramp is exact: the zoomed ramp spans exactly the kept window."""
+def _kept_window(profile: np.ndarray) -> tuple[float, float]:
+    """The window [lo, hi] of the unit interval that a zoomed ramp shows. Output pixel j samples
+    the normalised coordinate s = scale u_j + shift at its centre u_j = -1 + (2 j + 1) / n, and the
+    ramp's value there is (s + 1) / 2: a line in u whose ends u = -1 and u = 1 are the window's."""
+    n = len(profile)
+    u = -1 + (2 * np.arange(n) + 1) / n
+    inner = slice(1, -1)  # an edge pixel may sample the border (as cv2.resize does): clamped
+    slope, intercept = np.polyfit(u[inner], profile[inner], 1)
+    assert np.allclose(profile[inner], slope * u[inner] + intercept, atol=1e-5)  # still exactly linear
+    return intercept - slope, intercept + slope
+
+
+def test_crop_zoom_of_a_ramp_keeps_a_window_of_each_side_up_to_crop_max():
+    """Bilinear resampling of a linear ramp is exact: the zoomed ramp spans exactly the kept
+    window, [left, 1 - right] along x and [top, 1 - bottom] along y, each side cut by 0..crop_max."""
     torch.manual_seed(4)
-    size = 32
-    ramp = (torch.arange(size, dtype=torch.float32) + 0.5) / size  # pixel centres in (0, 1)
-    x = ramp.expand(8, 1, size, size).clone()
-    y = (ramp.expand(8, size, size) > 0.5).long()
-    ax, ay = BatchAugmentation(**(OFF | {"crop": 1.0, "crop_max": 0.25}))(x, y)
-    for i in range(8):
-        row = ax[i, 0, 0].numpy()
-        steps = np.diff(row)[1:-1]  # an edge pixel may sample the border (as cv2.resize does): clamped
-        assert np.allclose(steps, steps[0], atol=1e-5) and steps[0] < 1 / size + 1e-6  # zoomed in, still linear
-        assert 0.0 <= row[0] <= 0.25 + 1 / size and 0.75 - 1 / size <= row[-1] <= 1.0
-        assert np.allclose(ax[i, 0], ax[i, 0, :1])  # the ramp runs along x only
-    # the labels' own alignment is checked against the source coordinates in
-    # test_labels_are_the_nearest_source_pixel_under_every_augmentation
+    size, crop_max = 32, 0.25
+    centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size  # pixel centres in (0, 1)
+    x = torch.stack([centres.expand(size, size), centres[:, None].expand(size, size)])
+    x = x.expand(64, 2, size, size).clone()
+    ax, _ = BatchAugmentation(**(OFF | {"crop": 1.0, "crop_max": crop_max}))(x, None)
+    cuts = []
+    for i in range(len(x)):
+        assert np.allclose(ax[i, 0], ax[i, 0, :1]) and np.allclose(ax[i, 1], ax[i, 1, :, :1])  # axes kept apart
+        left, right = _kept_window(ax[i, 0, 0].numpy())
+        top, bottom = _kept_window(ax[i, 1, :, 0].numpy())
+        cuts.append([left, 1 - right, top, 1 - bottom])
+    cuts = np.array(cuts)
+    assert cuts.min() > -1e-5 and cuts.max() < crop_max + 1e-5, cuts  # every side cut within [0, crop_max]
+    # drawn uniformly: each side's cuts fill the range (a side never cut, or always cut alike, fails)
+    assert (cuts.min(0) < 0.05 * crop_max).all() and (cuts.max(0) > 0.95 * crop_max).all(), cuts
+    assert 0.35 * crop_max < cuts.mean() < 0.65 * crop_max
+
+
+def test_crop_max_zero_keeps_the_patch_and_half_is_refused():
+    x, y = _batch()
+    ax, ay = BatchAugmentation(**(OFF | {"crop": 1.0, "crop_max": 0.0}))(x, y)
+    torch.testing.assert_close(ax, x, rtol=0, atol=1e-6)
+    assert torch.equal(ay, y)
+    with pytest.raises(ValueError, match=r"crop_max=0.5 must be in \[0, 0.5\)"):
+        BatchAugmentation(crop_max=0.5)
 
 
 def _coordinate_batch(b: int, size: int, depth: int | None, seed: int):
@@ -137,25 +162,57 @@ def test_crop_zoom_3d_shares_geometry_over_slices():
 
 
 def test_brightness_contrast_is_affine_and_clipped():
+    """The defaults are albumentations': contrast factor 1 + U(-0.1, 0.1), brightness U(-0.1, 0.1)."""
     torch.manual_seed(6)
-    x, y = _batch(b=32)
-    ax, ay = BatchAugmentation(**(OFF | {"brightness_contrast": 1.0, "brightness": 0.1, "contrast": 0.1}))(x, y)
+    x, y = _batch(b=64)
+    ax, ay = BatchAugmentation(**(OFF | {"brightness_contrast": 1.0}))(x, y)
     assert torch.equal(ay, y)
+    fits = []
     for i in range(len(x)):
         inside = (ax[i] > 0) & (ax[i] < 1)
         a, b = np.polyfit(x[i][inside].numpy(), ax[i][inside].numpy(), 1)
         assert 0.9 - 1e-4 <= a <= 1.1 + 1e-4 and -0.1 - 1e-4 <= b <= 0.1 + 1e-4
         assert np.allclose(ax[i][inside].numpy(), a * x[i][inside].numpy() + b, atol=1e-5)
+        fits.append((a, b))
+    a, b = np.array(fits).T
+    # both factors spread over their whole ranges, on both sides of no change
+    assert a.min() < 0.93 and a.max() > 1.07 and b.min() < -0.07 and b.max() > 0.07
     assert ax.min() >= 0 and ax.max() <= 1
+    clipped = BatchAugmentation(**(OFF | {"brightness_contrast": 1.0, "brightness": 0.5}))(x + 0.4, None)[0]
+    assert clipped.max() == 1.0 and clipped.min() >= 0.0  # clipped to [0, 1]
+
+
+def test_rotations_are_drawn_uniformly_and_only_on_square_patches():
+    torch.manual_seed(9)
+    x, y = _batch(b=800)
+    ax, _ = BatchAugmentation(**(OFF | {"rot90": 1.0}))(x, y)
+    turns = [next(n for n in range(4) if torch.equal(ax[i], x[i].rot90(n, (-2, -1)))) for i in range(len(x))]
+    assert np.allclose(np.bincount(turns, minlength=4) / len(x), 0.25, atol=0.05)  # k uniform in 0..3
+    wide = torch.rand(4, 2, 16, 24)  # not square: a quarter turn would change the shape (albumentations skips it)
+    assert torch.equal(BatchAugmentation(**(OFF | {"rot90": 1.0}))(wide, None)[0], wide)
+    cube = torch.rand(64, 1, 5, 16, 16)  # 3D: depth 5, square slices: turned
+    turned = BatchAugmentation(**(OFF | {"rot90": 1.0}))(cube, None)[0]
+    assert sum(not torch.equal(turned[i], cube[i]) for i in range(len(cube))) > 32
+
+
+@pytest.mark.parametrize("name", ["hflip", "vflip", "rot90", "crop", "brightness_contrast"])
+def test_a_probability_outside_0_1_is_refused_by_name(name):
+    with pytest.raises(ValueError, match=rf"probability {name}=1.5 is not in \[0, 1\]"):
+        BatchAugmentation(**{name: 1.5})
+    with pytest.raises(ValueError, match=rf"probability {name}=-0.1 is not in \[0, 1\]"):
+        BatchAugmentation(**{name: -0.1})
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="hflip"):
-        BatchAugmentation(hflip=1.5)
     with pytest.raises(ValueError, match="crop_max"):
         BatchAugmentation(crop_max=0.6)
     with pytest.raises(ValueError, match="shape"):
         BatchAugmentation()(torch.zeros(2, 3, 8))
+    x, y = _batch(b=4, size=16)
+    with pytest.raises(ValueError, match=r"labels of shape \(3, 16, 16\) do not match images of shape \(4, 3, 16, 16\)"):
+        BatchAugmentation()(x, y[:3])  # another batch size
+    with pytest.raises(ValueError, match=r"labels of shape \(4, 16, 12\) do not match"):
+        BatchAugmentation()(x, y[:, :, :12])  # another patch size
 
 
 def test_datamodule_augments_training_batches_only():
