@@ -12,6 +12,7 @@ import pytest
 from scipy import ndimage
 
 from fibml.data.registration import (
+    ShiftedStack,
     apply_registration,
     apply_shifts,
     read_shifts_csv,
@@ -189,3 +190,61 @@ def test_bad_shift_tables_write_nothing_and_bad_files_name_the_row(tmp_path):
     path.write_text("channel,slice,dx\n")
     with pytest.raises(ValueError, match=r"no column dy"):
         read_shifts_csv(path)
+
+
+# --- ShiftedStack: the registered stack read slice by slice (predict.py) -------------------------
+
+
+class _Lazy:
+    """A slice source like fibml.io.LazyStack: shape, dtype and [z], counting the slices read."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.dtype, self.reads = array, array.shape, array.dtype, []
+
+    def __getitem__(self, z):
+        self.reads.append(int(z))
+        return self.array[z]
+
+
+def test_shifted_stack_reads_each_slice_shifted_as_apply_shifts_shifts_it():
+    rng = np.random.default_rng(3)
+    stack = ndimage.gaussian_filter(rng.random((6, 40, 36)), 2).astype(np.float32)
+    shifts = rng.uniform(-3, 3, (6, 2))
+    shifts[2] = 0.0  # an unshifted slice comes back as it is
+    lazy = _Lazy(stack)
+    shifted = ShiftedStack(lazy, shifts, cval=0.25)
+    assert shifted.shape == (6, 40, 36) and len(shifted) == 6 and shifted.dtype == np.float32
+    expected = apply_shifts(stack, shifts, cval=0.25, progress=False)
+    for z in range(6):
+        np.testing.assert_allclose(shifted[z], expected[z], rtol=0, atol=1e-6)
+    assert lazy.reads == list(range(6))  # one slice read per slice asked for, nothing else
+    np.testing.assert_array_equal(shifted[2], stack[2])
+    # the content moves by (dy, dx): a whole-pixel shift moves a point exactly
+    point = np.zeros((1, 20, 20), np.float32)
+    point[0, 5, 7] = 1.0
+    moved = ShiftedStack(point, [[2.0, -3.0]], cval=0.0)[0]
+    assert np.unravel_index(moved.argmax(), moved.shape) == (7, 4) and moved.max() == pytest.approx(1.0)
+    nearest = ShiftedStack(point, [[0.4, 0.0]], cval=0.0, order=0)[0]  # order 0: nearest pixel
+    np.testing.assert_array_equal(nearest, point[0])
+
+
+def test_shifted_stack_fills_with_the_median_of_sampled_slices():
+    # 40 slices of constant grey z: the median of 16 evenly spaced slices (0, 2.6, ..., 39 rounded)
+    stack = np.broadcast_to(np.arange(40, dtype=np.float32)[:, None, None], (40, 8, 8)).copy()
+    sampled = np.unique(np.linspace(0, 39, 16).round().astype(int))
+    shifted = ShiftedStack(stack, np.tile([[0.0, 5.0]], (40, 1)))
+    assert shifted.cval == pytest.approx(np.median(sampled))
+    assert (shifted[39][:, :5] == shifted.cval).all()  # the grey shifted in from outside
+    assert ShiftedStack(stack[:3], np.zeros((3, 2))).cval == pytest.approx(1.0)  # fewer than 16 slices: all
+
+
+def test_shifted_stack_refuses_bad_shifts():
+    stack = np.zeros((4, 16, 16), np.float32)
+    with pytest.raises(ValueError, match=r"shifts must be \(z, 2\) = \(4, 2\), got shape \(3, 2\)"):
+        ShiftedStack(stack, np.zeros((3, 2)))
+    bad = np.zeros((4, 2))
+    bad[1, 0], bad[2, 1] = np.nan, np.inf
+    with pytest.raises(ValueError, match="shifts hold 2 NaN or inf values"):
+        ShiftedStack(stack, bad)
+    with pytest.raises(ValueError, match=r"must be a \(z, y, x\) stack"):
+        ShiftedStack(np.zeros((16, 16)), np.zeros((16, 2)))
