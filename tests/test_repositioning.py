@@ -8,6 +8,7 @@ from fibml.reconstruct.classical import place, reconstruct
 from fibml.reconstruct.repositioning import (
     UNKNOWN,
     Repositioned,
+    check_binary,
     direct,
     reposition,
     reposition_standard,
@@ -160,3 +161,98 @@ def test_repositioned_checks_its_positions():
         Repositioned(slices, np.array([0, 1, 3]), 3, 2.5, "accurate")
     with pytest.raises(ValueError, match="2 positions for a stack of 3 slices"):
         Repositioned(slices, np.array([0, 1]), 3, 2.5, "accurate")
+
+
+def test_repositioned_normalises_what_it_is_given():
+    # lists, int32 rows, an integer grid: stored as uint8 slices, int64 rows, float grid, int n_grid
+    rep = Repositioned(_numbered(3).astype(np.int64).tolist(), np.array([0, 2, 5], np.int32), np.int32(6), 2, "accurate",
+                       source=np.array([0, 1, 3], np.int16))
+    assert rep.slices.dtype == np.uint8 and rep.slices.shape == (3, 3, 3)
+    assert rep.positions.dtype == np.int64 and rep.source.dtype == np.int64
+    assert type(rep.n_grid) is int and type(rep.grid_nm) is float and rep.grid_nm == 2.0
+    assert rep.known().dtype == bool and rep.known().tolist() == [True, False, True, False, False, True]
+    np.testing.assert_array_equal(rep.source, [0, 1, 3])
+    # the default grids: 2.5 nm accurate, 10 nm standard and direct
+    assert reposition(_numbered(2), [2.5, 2.5]).grid_nm == 2.5
+    assert direct(_numbered(2)).grid_nm == 10.0 and reposition_standard(_numbered(2), [10.0, 10.0]).grid_nm == 10.0
+    assert direct(_numbered(3)).positions.dtype == np.int64
+    # thicknesses as integers are fine
+    np.testing.assert_array_equal(reposition_standard(_numbered(3), [10, 10, 10]).positions, [0, 1, 2])
+
+
+def test_repositioned_refuses_bad_rows_grid_and_source():
+    slices = _numbered(3)
+    with pytest.raises(ValueError, match=r"positions must be a 1-D integer array of grid rows, got float64 \(3,\)"):
+        Repositioned(slices, np.array([0.0, 1.0, 2.0]), 4, 2.5, "accurate")
+    with pytest.raises(ValueError, match=r"positions must be a 1-D integer array of grid rows, got int64 \(3, 1\)"):
+        Repositioned(slices, np.array([[0], [1], [2]]), 4, 2.5, "accurate")
+    with pytest.raises(ValueError, match=r"positions must lie in \[0, 4\) \(n_grid\), got -1..2"):
+        Repositioned(slices, np.array([-1, 1, 2]), 4, 2.5, "accurate")
+    for grid in (0.0, -2.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"grid_nm must be a positive number, got {grid}"):
+            Repositioned(slices, np.array([0, 1, 2]), 4, grid, "accurate")
+    assert Repositioned(slices, np.array([0, 1, 2]), 4, 0.5, "accurate").grid_nm == 0.5  # below 1 nm is fine
+    with pytest.raises(ValueError, match=r"source must hold the integer input index of every slice, shape \(3,\), "
+                                         r"got int64 \(2,\)"):
+        Repositioned(slices, np.array([0, 1, 2]), 4, 2.5, "accurate", source=np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"got float64 \(3,\)"):
+        Repositioned(slices, np.array([0, 1, 2]), 4, 2.5, "accurate", source=np.array([0.0, 1.0, 2.0]))
+
+
+def test_standard_and_fine_grids_refuse_bad_spacings():
+    for bad in (0.0, -10.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"target_nm must be a positive number, got {bad}"):
+            reposition_standard(_numbered(2), [10.0, 10.0], target_nm=bad)
+        with pytest.raises(ValueError, match=f"grid_nm must be a positive number, got {bad}"):
+            to_grid(direct(_numbered(2)), bad)
+    # spacings below 1 nm work: 0.5 nm slices on a 0.5 nm grid, moved onto a 0.25 nm one
+    rep = reposition_standard(_numbered(3), [0.5, 0.5, 0.5], target_nm=0.5)
+    np.testing.assert_array_equal(rep.positions, [0, 1, 2])
+    np.testing.assert_array_equal(to_grid(rep, 0.25).positions, [0, 2, 4])
+    # a ratio off a whole number by float rounding is accepted: up to 1e-9 of the ratio (at least
+    # 1e-9), so 100 (1 + 1e-10) passes, 1 + 1.5e-9 and 3 (1 + 1e-7) do not
+    assert to_grid(direct(_numbered(2)), 10.0 / 3.0).n_grid == 6
+    assert to_grid(direct(_numbered(2)), 10.0 / (100 * (1 + 1e-10))).n_grid == 200
+    for off in (10.0 / (1 + 1.5e-9), 10.0 / 3.0 * (1 + 1e-7)):
+        with pytest.raises(ValueError, match="is not a whole number"):
+            to_grid(direct(_numbered(2)), off)
+
+
+def test_standard_repositioning_rounds_each_depth_to_its_nearest_row():
+    # depths 0, 4, 9, 26, 31 nm on 10 nm rows: 0, 0.4, 0.9, 2.6, 3.1 -> rows 0, 0, 1, 3, 3;
+    # row 0 keeps slice 0 (0 from it), row 3 keeps slice 4 (0.1 from it, slice 3 is 0.4 away)
+    rep = reposition_standard(_numbered(5), [4.0, 5.0, 17.0, 5.0, 4.0])
+    np.testing.assert_array_equal(rep.source, [0, 2, 4])
+    np.testing.assert_array_equal(rep.positions, [0, 1, 3])
+    assert rep.n_grid == 4  # 35 nm milled = 3.5 rows, rounded up; at least one past row 3
+    # the grid covers what was milled even where the last slice's row is early
+    assert reposition_standard(_numbered(2), [10.0, 34.0]).n_grid == 4  # 44 nm -> 4.4 rows -> 4
+    assert reposition_standard(_numbered(3), [10.0, 10.0, 4.0]).n_grid == 3  # rows 0, 1, 2: at least 3
+    assert reposition_standard(_numbered(2), [10.0, 25.0]).n_grid == 4  # 3.5 rows: halves round up
+    # a small target grid: the first slice is at depth 0, row 0
+    np.testing.assert_array_equal(reposition_standard(_numbered(2), [2.0, 2.0], target_nm=2.0).positions, [0, 1])
+
+
+def test_a_segmented_stack_is_not_copied():
+    labels = _numbered(4)  # uint8 already: placed as it is (a real stack is large)
+    assert np.shares_memory(direct(labels).slices, labels)
+    rows = np.arange(4, dtype=np.int64)
+    rep = Repositioned(labels, rows, 4, 2.5, "accurate", source=rows)
+    assert np.shares_memory(rep.positions, rows) and np.shares_memory(rep.source, rows)
+
+
+def test_grey_values_and_phases_are_told_apart():
+    direct(np.full((1, 2, 2), 15, np.uint8))  # 16 phases: labels 0..15 are allowed
+    with pytest.raises(ValueError, match="labels up to 16: expected a segmented stack"):
+        direct(np.full((1, 2, 2), 16, np.uint8))
+
+
+def test_check_binary_names_the_labels_found():
+    check_binary(direct(np.ones((2, 3, 3), np.uint8)))  # 0 / 1: fine
+    three = np.zeros((2, 3, 3), np.uint8)
+    three[1, 0, 0] = 2
+    with pytest.raises(ValueError, match=r"^this interpolation needs binary slices \(0 = pore, 1 = solid\), "
+                                         r"found labels \[0, 2\]$"):
+        check_binary(direct(three))
+    with pytest.raises(ValueError, match=r"^cubic-spline interpolation needs binary"):
+        check_binary(direct(three), "cubic-spline interpolation")
