@@ -205,3 +205,56 @@ def test_metric_shape_mismatch_raises_and_ignore_index_drops_pixels():
     m = MisplacedPixels(2, ignore_index=255)
     m.update(torch.tensor([[1, 1, 0, 0]]), torch.tensor([[1, 0, 255, 255]]))
     assert m.compute().item() == pytest.approx(50.0)
+
+
+def test_defaults_are_two_classes_with_solid_1():
+    # MGP of the 4x4 case by hand: 8 target-solid pixels, 4 predicted solid -> 50 %
+    c = confusion_matrix(PRED_4X4, TARGET_4X4, 2)
+    assert misplaced_solid_pixels(c) == pytest.approx(50.0)
+    for metric in (MisplacedPixels(), MisplacedSolidPixels(), MeanDiceScore()):
+        assert metric.num_classes == 2
+    dice = MeanDiceScore()  # a third, absent class would count as a perfect Dice of 1
+    dice.update(torch.as_tensor(PRED_4X4)[None], torch.as_tensor(TARGET_4X4)[None])
+    assert dice.compute().item() == pytest.approx(mean_dice_score(c))
+    solid = MisplacedSolidPixels()
+    solid.update(torch.as_tensor(PRED_4X4)[None], torch.as_tensor(TARGET_4X4)[None])
+    assert solid.compute().item() == pytest.approx(50.0)
+
+
+def test_solid_class_0_scores_the_pore_phase():
+    # 3 classes by hand (C above): MGP of class 2 = 1 - 1/2 -> 50 %, of class 0 = 1 - 1/2 -> 50 %, of 1 -> 0 %
+    assert segmentation_scores(PRED_3, TARGET_3, n_classes=3, solid_class=2)["mgp"] == pytest.approx(50.0)
+    assert segmentation_scores(PRED_3, TARGET_3, n_classes=3, solid_class=1)["mgp"] == pytest.approx(0.0)
+    # the 4x4 case: the pore phase (8 pixels) is all predicted pore -> 0 %; the solid -> 50 %
+    pore = MisplacedSolidPixels(2, solid_class=0)
+    pore.update(torch.as_tensor(PRED_4X4)[None], torch.as_tensor(TARGET_4X4)[None])
+    assert pore.compute().item() == pytest.approx(0.0) and pore.solid_class == 0
+
+
+def test_metrics_pass_their_options_to_torchmetrics():
+    m = MisplacedSolidPixels(2, ignore_index=255)  # MGP: 2 solid pixels, 1 missed -> 50 %
+    m.update(torch.tensor([[1, 0, 1, 1]]), torch.tensor([[1, 1, 255, 255]]))
+    assert m.compute().item() == pytest.approx(50.0)
+    quiet = MisplacedPixels(2, validate_args=False)
+    assert quiet.validate_args is False
+    quiet.update(torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))
+    assert quiet.compute().item() == 0.0
+
+
+def test_awe_of_an_empty_matrix_is_zero():
+    empty = np.zeros((3, 3), np.int64)
+    assert average_weighted_error(empty) == 0.0
+    assert average_weighted_error(torch.zeros(2, 2, dtype=torch.long)).item() == 0.0
+
+
+def test_plot_draws_the_score():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    m = MisplacedPixels()
+    m.update(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]))  # 1 of 3 wrong: 33.3 %
+    fig, ax = m.plot()
+    assert [float(line.get_ydata()[0]) for line in ax.lines] == [pytest.approx(100 / 3, rel=1e-6)]
+    fig2, ax2 = m.plot(torch.tensor(12.5), ax=ax)  # a given value, on a given axis
+    assert ax2 is ax and float(ax.lines[-1].get_ydata()[0]) == pytest.approx(12.5)
+    assert ax.get_ylim()[0] <= 0.0 and ax.get_ylim()[1] >= 100.0  # the plot bounds: 0-100 %
