@@ -12,6 +12,7 @@ from fibml.metrics.anisotropy import (
     ligament_diameters,
     lineal_path,
     local_thickness_2d,
+    resample_nearest,
     two_point_correlation,
 )
 from fibml.synth.microstructure import leveled_wave
@@ -319,3 +320,38 @@ def test_s2_and_lineal_path_agree_with_porespy():
         lines = mask.size // mask.shape[axis]
         expected = [np.count_nonzero(run >= r + 1) / (lines * (mask.shape[axis] - r)) for r in range(4)]
         np.testing.assert_allclose(lp[name], expected, rtol=1e-12)
+
+
+def test_local_thickness_of_one_plane_and_of_a_stack_agree():
+    plane = np.zeros((9, 11), bool)
+    plane[2:6, 1:10] = True  # a slab 4 pixels thick (even: 2 dt = 4)
+    one = local_thickness_2d(plane)
+    assert one.shape == (9, 11)
+    np.testing.assert_array_equal(one[plane], 4.0)
+    assert (one[~plane] == 0).all()
+    stack = local_thickness_2d(np.stack([plane, plane[::-1]]))
+    assert stack.shape == (2, 9, 11)
+    np.testing.assert_array_equal(stack[0], one)
+    np.testing.assert_array_equal(stack[1], one[::-1])
+    # a single pixel (a 1 x 1 plane without background): its shorter side, 1
+    np.testing.assert_array_equal(local_thickness_2d(np.ones((1, 1), bool)), [[1.0]])
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 2, 3, 3), (0, 4, 4), (4, 0)])
+def test_local_thickness_refuses_other_shapes(shape):
+    with pytest.raises(ValueError, match=rf"planes must be a non-empty \(H, W\) or \(P, H, W\) array, got shape "
+                                         rf"\({', '.join(map(str, shape))},?\)"):
+        local_thickness_2d(np.zeros(shape, bool))
+
+
+def test_resample_nearest_per_axis():
+    volume = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    # factors (1, 1, 2): only x is resampled, each column twice (an isotropic axis does not stop the loop)
+    np.testing.assert_array_equal(resample_nearest(volume, np.array([1.0, 1.0, 2.0])), np.repeat(volume, 2, axis=2))
+    np.testing.assert_array_equal(resample_nearest(volume, np.array([2.0, 1.0, 1.0])), np.repeat(volume, 2, axis=0))
+    # within the isotropy tolerance (1e-3) nothing changes, even where n x factor would round up
+    long = np.zeros((3000, 1, 1), np.uint8)
+    assert resample_nearest(long, np.array([1.0005, 1.0, 1.0])).shape == (3000, 1, 1)
+    # 5 slices x 1.1 = 5.5 -> 6 output slices; the last one's centre maps to 5.0: clamped to slice 4
+    np.testing.assert_array_equal(resample_nearest(np.arange(5).reshape(5, 1, 1), np.array([1.1, 1.0, 1.0])).ravel(),
+                                  [0, 1, 2, 3, 4, 4])
