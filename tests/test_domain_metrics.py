@@ -85,3 +85,26 @@ def test_realistic_images_are_further_from_clean_than_another_clean_structure(cl
     assert set(between_clean) == {"wasserstein", "jensen_shannon", "spectrum"}
     for name in between_clean:
         assert to_realistic[name] > 3 * between_clean[name], name
+
+
+def test_domain_distances_gathers_the_three_with_its_bins(clean):
+    other = clean[::-1] * 0.8 + 0.1
+    both = domain_distances(clean, other, bins=16)
+    assert both == {
+        "wasserstein": pytest.approx(histogram_distance(clean, other, metric="wasserstein"), rel=1e-12),
+        "jensen_shannon": pytest.approx(histogram_distance(clean, other, 16, metric="jensen_shannon"), rel=1e-12),
+        "spectrum": pytest.approx(spectrum_distance(clean, other), rel=1e-12),
+    }
+    coarse, fine = both["jensen_shannon"], domain_distances(clean, other)["jensen_shannon"]
+    assert fine == pytest.approx(histogram_distance(clean, other, 256, metric="jensen_shannon"), rel=1e-12)
+    assert coarse != pytest.approx(fine, rel=1e-3)  # the bins matter
+
+
+@pytest.mark.parametrize("images, described", [
+    (np.zeros(5), r"an array of shape \(5,\)"),
+    ([], r"list \[\]"),
+    ((), r"tuple \(\)"),
+])
+def test_what_is_not_images_is_named(images, described):
+    with pytest.raises(ValueError, match=rf"a list of 2-D images, got {described}$"):
+        histogram_distance(images, np.zeros((4, 4)))

@@ -313,3 +313,15 @@ def test_bad_input_is_refused_with_a_clear_message():
         intrusion_fraction(vol, [1.0], inlet="top")
     with pytest.raises(ValueError, match="radii_nm"):
         intrusion_fraction(vol, [1.0, 0.0])
+
+
+def test_fractions_of_labels_and_empty_volumes():
+    # labels 0, 2 and 3 (1 absent): four classes by default, the absent one at 0
+    labels = np.array([[0, 0, 2], [3, 3, 3]], np.uint8)
+    assert phase_fractions(labels) == {0: 2 / 6, 1: 0.0, 2: 1 / 6, 3: 3 / 6}
+    assert phase_fractions(np.ones((2, 2), bool)) == {0: 0.0, 1: 1.0}
+    assert phase_fractions(np.array([1])) == {0: 0.0, 1: 1.0}  # one voxel is a volume
+    assert solid_fraction(np.array([1])) == 1.0 and solid_fraction(labels, solid=3) == 0.5
+    for function in (phase_fractions, solid_fraction):
+        with pytest.raises(ValueError, match="^volume is empty$"):
+            function(np.zeros((0, 4), np.uint8))
