@@ -204,3 +204,13 @@ def test_split_z_blocks_errors():
     assert len(split_z_blocks(40, 0.8, 0.2, 0.0, gap=2)["test"]) == 0
     with pytest.raises(ValueError, match="fractions"):
         split_z_blocks(100, 0.7, -0.1, 0.4)
+
+
+def test_split_z_blocks_defaults_and_unnormalised_fractions():
+    # defaults: 70 / 15 / 15 % and gaps of 8; of 100 slices 84 are usable: floors 58, 12, 12 (+2 to train)
+    blocks = split_z_blocks(100)
+    assert blocks == {"train": range(0, 60), "val": range(68, 80), "test": range(88, 100)}
+    # fractions are relative: 2 : 1 : 1 of 84 usable slices is 42 / 21 / 21
+    assert split_z_blocks(100, 2, 1, 1) == {"train": range(0, 42), "val": range(50, 71), "test": range(79, 100)}
+    with pytest.raises(ValueError, match=r"split fractions must be >= 0 with a positive sum, got \[0.0, 0.0, 0.0\]"):
+        split_z_blocks(100, 0, 0, 0)
