@@ -214,3 +214,55 @@ def test_split_z_blocks_defaults_and_unnormalised_fractions():
     assert split_z_blocks(100, 2, 1, 1) == {"train": range(0, 42), "val": range(50, 71), "test": range(79, 100)}
     with pytest.raises(ValueError, match=r"split fractions must be >= 0 with a positive sum, got \[0.0, 0.0, 0.0\]"):
         split_z_blocks(100, 0, 0, 0)
+
+
+def test_defaults_are_64_pixel_patches_every_32_pixels_and_7_slices_in_25d():
+    rng = np.random.default_rng(0)
+    images = rng.random((1, 3, 128, 128)).astype(np.float64)  # float64 in, float32 out
+    ds = PatchDataset(images, None, range(0, 3))
+    assert len(ds) == 3 * 3 * 3  # 3 slices x starts 0, 32, 64 along y and x
+    image, mask = ds[0]
+    assert image.shape == (1, 64, 64) and image.dtype == torch.float32 and mask.dtype == torch.int64
+    assert PatchDataset(images, None, range(0, 3), dims="2.5d")[0][0].shape == (7, 64, 64)
+    assert PatchDataset(images, None, range(1, 2), dims="2.5d", n_adjacent=1)[0][0].shape == (1, 64, 64)
+
+
+def test_items_run_over_x_then_y_then_z():
+    images, labels = _volume()
+    ds = PatchDataset(images, labels, range(2, 4), dims="2d", patch_size=8, stride=6)
+    # x starts 0, 6, 12, 18, 20 and y starts 0, 6, 12, 16: x varies fastest, z slowest
+    np.testing.assert_array_equal(ds.index[:6], [[2, 0, 0], [2, 0, 6], [2, 0, 12], [2, 0, 18], [2, 0, 20], [2, 6, 0]])
+    np.testing.assert_array_equal(ds.index[-1], [3, 16, 20])
+
+
+def test_3d_patches_of_other_sizes_along_each_axis():
+    images, labels = _volume(shape=(30, 16, 24))
+    ds = PatchDataset(images, labels, range(0, 20), dims="3d", patch_size=(4, 8, 12), stride=(4, 4, 6))
+    assert sorted(set(ds.index[:, 1])) == [0, 4, 8] and sorted(set(ds.index[:, 2])) == [0, 6, 12]
+    image, mask = ds[len(ds) - 1]
+    assert image.shape == (2, 4, 8, 12) and mask.shape == (4, 8, 12)
+    unlabelled = PatchDataset(images, None, range(0, 20), dims="3d", patch_size=(4, 8, 12), stride=(4, 4, 6))
+    assert unlabelled[0][1].shape == (4, 8, 12) and not unlabelled[0][1].any()
+
+
+def test_a_transform_gets_an_empty_uint8_mask_without_labels():
+    images, _ = _volume()
+    seen = []
+    ds = PatchDataset(images, None, range(0, 2), patch_size=8, stride=8,
+                      transform=lambda image, mask: seen.append(mask.dtype) or (image, mask))
+    ds[0]
+    assert seen == [np.uint8]
+
+
+def test_errors_name_the_axis_that_is_too_short():
+    images, labels = _volume(shape=(30, 16, 24))
+    with pytest.raises(ValueError, match="patch of 20 does not fit in 16 rows"):
+        PatchDataset(images, labels, range(0, 4), patch_size=20)
+    with pytest.raises(ValueError, match="patch of 30 does not fit in 24 columns"):
+        PatchDataset(images, labels, range(0, 4), patch_size=(8, 30))
+    with pytest.raises(ValueError, match="patch of 8 does not fit in 6 slices of the split"):
+        PatchDataset(images, labels, range(0, 6), dims="3d", patch_size=8)
+    with pytest.raises(ValueError, match="patch of 9 does not fit in 5 pixels"):
+        patch_starts(5, 9, 1)
+    with pytest.raises(ValueError, match=r"labels shape \(29, 16, 24\) differs from the images' \(30, 16, 24\)"):
+        PatchDataset(images, labels[:-1], range(0, 4))
