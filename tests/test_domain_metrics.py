@@ -108,3 +108,59 @@ def test_domain_distances_gathers_the_three_with_its_bins(clean):
 def test_what_is_not_images_is_named(images, described):
     with pytest.raises(ValueError, match=rf"a list of 2-D images, got {described}$"):
         histogram_distance(images, np.zeros((4, 4)))
+
+
+def test_power_spectrum_bins_and_default_count():
+    # non-square images: the default is half the smaller side, one bin per frequency step
+    frequency, power = power_spectrum(np.random.default_rng(1).normal(size=(2, 32, 64)))
+    assert len(frequency) == 16
+    np.testing.assert_allclose(frequency, (np.arange(16) + 0.5) * 0.5 / 16, rtol=0, atol=1e-15)  # bin centres
+    one = power_spectrum(np.random.default_rng(1).normal(size=(2, 32, 32)), n_bins=1)
+    assert one[0].tolist() == [0.25] and np.isfinite(one[1]).all()  # one bin is allowed
+    with pytest.raises(ValueError, match="n_bins must be >= 1, got 0"):
+        power_spectrum(np.zeros((1, 8, 8)), n_bins=0)
+
+
+def test_a_cosine_puts_its_power_in_its_frequency_bin():
+    y, x = np.mgrid[0:64, 0:64]
+    cosine = np.cos(2 * np.pi * 0.25 * x)[None]  # 0.25 cycles per pixel along x
+    frequency, power = power_spectrum(cosine)  # 32 bins of 1/64: 0.25 lies in bin 16
+    assert int(np.nanargmax(power)) == 16 and frequency[16] == pytest.approx(0.2578125)
+    assert power[16] > 100 * np.nansum(np.delete(power, [15, 16, 17]))  # the Hann window leaks to neighbours only
+
+
+def test_each_image_has_its_own_mean_removed():
+    noise = np.random.default_rng(2).normal(0.0, 1.0, size=(2, 32, 32))
+    offset = noise + np.array([10.0, -10.0])[:, None, None]  # the stack's mean is unchanged, each image's is not
+    np.testing.assert_allclose(power_spectrum(offset)[1], power_spectrum(noise)[1], rtol=1e-4)
+
+
+def test_images_of_two_sizes_pool_their_frequencies():
+    rng = np.random.default_rng(3)
+    small = list(rng.normal(0.0, 1.0, size=(16, 32, 32)))  # variance 1
+    large = list(rng.normal(0.0, 2.0, size=(16, 64, 64)))  # variance 4, 4x as many frequencies per bin
+    power = power_spectrum(small + large)[1]  # 16 bins: (1 x 1 + 4 x 4) / 5 = 3.4 in each
+    assert power[2:].mean() == pytest.approx(3.4, rel=0.03)
+
+
+def test_empty_bins_hold_nan_quietly_and_are_left_out_of_the_distance():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0 / 0 in an empty bin is expected: no RuntimeWarning
+        frequency, power = power_spectrum(np.random.default_rng(4).normal(size=(1, 16, 16)), n_bins=64)
+    assert len(power) == 64 and np.isnan(power).any() and np.isfinite(power).sum() > 4
+    big = np.random.default_rng(5).normal(size=(2, 64, 64))
+    small = np.random.default_rng(6).normal(size=(2, 16, 16))
+    assert np.isfinite(spectrum_distance(big, small, n_bins=64))  # bins empty in the small images left out
+    # the default bins are half the smallest side of both domains, whichever comes first
+    assert spectrum_distance(big, small) == pytest.approx(spectrum_distance(big, small, n_bins=8), rel=1e-12)
+    assert spectrum_distance(small, big) == pytest.approx(spectrum_distance(small, big, n_bins=8), rel=1e-12)
+    wide = np.random.default_rng(7).normal(size=(2, 24, 64))
+    assert spectrum_distance(big, wide) == pytest.approx(spectrum_distance(big, wide, n_bins=12), rel=1e-12)
+
+
+def test_images_without_finite_power_are_refused():
+    broken = np.full((1, 16, 16), np.nan)  # e.g. a NaN image: no bin holds finite power
+    with pytest.raises(ValueError, match=r"no frequency bin holds data of both domains \(n_bins=8\)"):
+        spectrum_distance(broken, np.zeros((1, 16, 16)))
