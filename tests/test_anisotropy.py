@@ -355,3 +355,78 @@ def test_resample_nearest_per_axis():
     # 5 slices x 1.1 = 5.5 -> 6 output slices; the last one's centre maps to 5.0: clamped to slice 4
     np.testing.assert_array_equal(resample_nearest(np.arange(5).reshape(5, 1, 1), np.array([1.1, 1.0, 1.0])).ravel(),
                                   [0, 1, 2, 3, 4, 4])
+
+
+def _s2_by_pairs(mask: np.ndarray, axis: int, rmax: int) -> np.ndarray:
+    """S2 along an axis by counting the pairs directly (no FFT): the independent reference."""
+    m = np.moveaxis(mask, axis, 0)
+    return np.array([(m[: len(m) - r] & m[r:]).sum() / m[r:].size for r in range(rmax + 1)])
+
+
+def test_s2_of_a_volume_larger_than_one_fft_block_counts_every_pair_once():
+    # 40 x 400 x 320 = 5.1 M voxels, more than one FFT block (4 M voxels): the spectra are summed
+    # over blocks of lines, each line in exactly one block
+    rng = np.random.default_rng(11)
+    mask = ndi.uniform_filter(rng.random((40, 400, 320), dtype=np.float32), 3) > 0.5
+    s2 = two_point_correlation(mask, max_distance=6)
+    for name, axis in (("z", 0), ("y", 1), ("x", 2)):
+        np.testing.assert_allclose(s2[name], _s2_by_pairs(mask, axis, 6), rtol=1e-12, atol=0, err_msg=name)
+
+
+def test_report_voxel_sizes_and_diameters_in_nm():
+    solid = leveled_wave((16, 24, 24), wavelength_nm=8.0, solid_fraction=0.4, voxel_size_nm=1.0, seed=1)
+    # 5 nm slices over 2.5 nm pixels: resampled to 2.5 nm by repeating every slice twice
+    coarse = anisotropy_report(solid, voxel_size_nm=(5.0, 2.5, 2.5), resample=True)
+    fine = anisotropy_report(np.repeat(solid, 2, axis=0), voxel_size_nm=2.5)
+    assert coarse["voxel_size_nm"] == 2.5 and coarse["e_tpcf"] == pytest.approx(fine["e_tpcf"], rel=1e-12)
+    d = ligament_diameters(np.repeat(solid, 2, axis=0))
+    assert [coarse[f"d_{p}_nm"] for p in ("xy", "xz", "yz")] == pytest.approx([2.5 * d[p] for p in ("xy", "xz", "yz")])
+    # isotropic within the tolerance and not resampled: the mean voxel size is the unit
+    near = anisotropy_report(solid, voxel_size_nm=(1.0006, 1.0, 1.0))
+    assert near["voxel_size_nm"] == pytest.approx(1.0002, rel=1e-12)
+    assert anisotropy_report(solid, voxel_size_nm=[2, 2, 2])["voxel_size_nm"] == 2.0  # integer sizes are fine
+
+
+@pytest.mark.parametrize("voxel", [(1.0, 2.0), [[1.0], [1.0], [1.0]], (1.0, 1.0, 1.0, 1.0)])
+def test_voxel_sizes_must_be_one_or_three(voxel):
+    with pytest.raises(ValueError, match=r"voxel_size_nm must be one size or three \(z, y, x\) sizes"):
+        anisotropy_report(np.ones((4, 4, 4), int), voxel_size_nm=voxel)
+
+
+def test_voxel_sizes_must_be_positive_and_finite():
+    for voxel in (0.0, (1.0, 0.0, 1.0), (1.0, np.inf, 1.0)):
+        with pytest.raises(ValueError, match="voxel sizes must be positive and finite"):
+            anisotropy_report(np.ones((4, 4, 4), int), voxel_size_nm=voxel)
+
+
+def test_steps_and_max_distances_at_their_limits():
+    volume = np.ones((4, 6, 6), int)
+    with pytest.raises(ValueError, match="step must be a positive integer, got 1.5"):
+        anisotropy_report(volume, step=1.5)
+    short = anisotropy_report(volume, max_distance=0)  # one point per curve: allowed
+    assert short["curves"]["tpcf"]["x"].shape == (1,) and short["e_tpcf"] == 0.0
+    for bad in (-1, 4, 2.5):
+        with pytest.raises(ValueError, match=r"max_distance must be an integer in \[0, 3\]"):
+            lineal_path(volume, max_distance=bad)
+    # a single solid voxel: one pixel in one plane of each family, diameter 1 (its plane's
+    # distance to the background is 1 pixel, 2 dt = 2)
+    single = np.zeros((5, 5, 5), int)
+    single[2, 2, 2] = 1
+    assert ligament_diameters(single) == {"xy": 2.0, "xz": 2.0, "yz": 2.0}
+    with pytest.raises(ValueError, match="no phase pixel in the xy planes taken with step 4; use a smaller step"):
+        ligament_diameters(single, step=4)
+
+
+def test_eq4_and_eq5_name_the_bad_input():
+    with pytest.raises(ValueError, match=r"fy must be a non-empty 1-D curve, got shape \(0,\)"):
+        l2_anisotropy_error([1.0], [], [1.0])
+    with pytest.raises(ValueError, match=r"fz must be a non-empty 1-D curve, got shape \(1, 2\)"):
+        l2_anisotropy_error([1.0, 2.0], [1.0, 2.0], [[1.0, 2.0]])
+    assert l2_anisotropy_error([1], [1], [3]) == pytest.approx(1.0)  # one-point integer curves: 2 |1 - 3| / 4
+    with pytest.raises(ValueError, match="curves differ in length: fx 2, fy 3, fz 3"):
+        l2_anisotropy_error([1, 2], [1, 2, 3], [1, 2, 3])
+    with pytest.raises(ValueError, match="curves differ in length: fx 3, fy 2, fz 3"):
+        l2_anisotropy_error([1, 2, 3], [1, 2], [1, 2, 3])
+    assert diameter_anisotropy_error(0.5, 0.5, 1.0) == pytest.approx(0.5)  # diameters below 1 are fine
+    with pytest.raises(ValueError, match=r"D_xz, D_yz >= 0; got \(1.0, -1.0, 1.0\)"):
+        diameter_anisotropy_error(1.0, -1.0, 1.0)
