@@ -430,3 +430,42 @@ def test_eq4_and_eq5_name_the_bad_input():
     assert diameter_anisotropy_error(0.5, 0.5, 1.0) == pytest.approx(0.5)  # diameters below 1 are fine
     with pytest.raises(ValueError, match=r"D_xz, D_yz >= 0; got \(1.0, -1.0, 1.0\)"):
         diameter_anisotropy_error(1.0, -1.0, 1.0)
+
+
+def test_local_thickness_of_many_planes_painted_in_groups_equals_each_part_alone():
+    # 120 000 planes of 8 x 8 are painted in groups of ~42 000 (the paint buffer holds 16 M
+    # padded pixels): data in the first and last groups, none in the middle one. Planes are
+    # independent, so the whole stack must give what its parts give alone.
+    rng = np.random.default_rng(12)
+    planes = np.zeros((120000, 8, 8), bool)
+    for part in (slice(0, 30000), slice(90000, 120000)):
+        planes[part] = ndi.binary_opening(rng.random((30000, 8, 8)) < 0.6, structure=np.ones((1, 2, 2)))
+    whole = local_thickness_2d(planes)
+    assert not whole[30000:90000].any()
+    for part in (slice(0, 30000), slice(90000, 120000)):
+        np.testing.assert_array_equal(whole[part], local_thickness_2d(planes[part]))
+    np.testing.assert_allclose(whole[90000:90050], [_local_thickness_brute_force(p) for p in planes[90000:90050]],
+                               rtol=1e-12)
+
+
+def test_local_thickness_of_wide_phases_reaching_the_edges_matches_brute_force():
+    # mostly phase with a few background pixels: large discs cross the plane edges (painted into
+    # the padding), several planes at once
+    rng = np.random.default_rng(13)
+    planes = rng.random((4, 21, 17)) < 0.97
+    planes[:, 10, 8] = False
+    planes[3] = False
+    planes[3, 2:19, 1:9] = True  # and a wide block with background only beyond one side
+    for plane, got in zip(planes, local_thickness_2d(planes)):
+        np.testing.assert_allclose(got, _local_thickness_brute_force(plane), rtol=1e-12)
+
+
+def test_a_missing_phase_lists_the_labels_present():
+    with pytest.raises(ValueError, match=r"phase 7 does not occur in the volume \(labels present: 0, 1, 2\)$"):
+        anisotropy_report(np.arange(27).reshape(3, 3, 3) % 3, phase=7)
+    many = np.arange(12 * 4 * 4).reshape(12, 4, 4) // 16  # labels 0..11
+    with pytest.raises(ValueError, match=r"\(labels present: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, \.\.\.\)$"):
+        anisotropy_report(many, phase=20)
+    ten = np.arange(10 * 4 * 4).reshape(10, 4, 4) // 16  # exactly ten labels: all shown, no "..."
+    with pytest.raises(ValueError, match=r"\(labels present: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9\)$"):
+        anisotropy_report(ten, phase=20)
