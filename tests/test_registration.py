@@ -248,3 +248,77 @@ def test_shifted_stack_refuses_bad_shifts():
         ShiftedStack(stack, bad)
     with pytest.raises(ValueError, match=r"must be a \(z, y, x\) stack"):
         ShiftedStack(np.zeros((16, 16)), np.zeros((16, 2)))
+
+
+def test_stack_shift_reads_only_the_roi_and_refines_to_a_twentieth_of_a_pixel(scene):
+    # a stack whose corner window moved by (1.35, -0.6) while everything else moved by (-3, 4):
+    # with the roi on that corner, the roi's shift, found on the 1/20-pixel grid of the upsampled
+    # correlation (Fourier-exact images); without it, the rest of the slice's
+    image = _render(scene["fields"][0][:BIG, :BIG], scene["xi"])
+    reference = np.stack([_crop(image)] * 5).astype(np.float32)
+    moving = np.stack([_crop(_shifted(image, (-3.0, 4.0)))] * 5)
+    moving[:, :44, :44] = _crop(_shifted(image, (1.35, -0.6)))[:44, :44]
+    roi = (4, 40, 4, 40)
+    found = stack_shift(moving.astype(np.float32), reference, roi=roi)
+    np.testing.assert_allclose(found, (-1.35, 0.6), atol=0.051)  # undoes the roi's motion
+    np.testing.assert_allclose(found * 20, np.round(found * 20), atol=1e-9)  # on the 1/20 pixel grid
+    whole = stack_shift(moving.astype(np.float32), reference)
+    np.testing.assert_allclose(whole, (3.0, -4.0), atol=0.3)
+    tall = np.repeat(reference, 8, axis=0)  # 40 slices of 20 rows: more slices than rows is fine too
+    np.testing.assert_allclose(stack_shift(tall[:, :20], tall[:, :20]), (0.0, 0.0), atol=1e-9)
+
+
+def test_stack_shift_names_the_bad_stack():
+    ok = np.zeros((3, 32, 32), np.float32)
+    with pytest.raises(ValueError, match=r"^moving must be a \(z, y, x\) stack"):
+        stack_shift(ok[0], ok)
+    with pytest.raises(ValueError, match=r"^reference must be a \(z, y, x\) stack"):
+        stack_shift(ok, ok[0])
+    with pytest.raises(ValueError, match=r"moving stack has shape \(3, 32, 30\), reference stack has \(3, 32, 32\)"):
+        stack_shift(ok[:, :, :30], ok)
+
+
+def test_write_shifts_csv_refuses_tables_of_another_shape(tmp_path):
+    path = tmp_path / "shifts.csv"
+    for bad, shape in ((np.zeros(3), r"\(3,\)"), (np.zeros((3, 3)), r"\(3, 3\)"), (np.zeros((0, 2)), r"\(0, 2\)")):
+        with pytest.raises(ValueError, match=rf"shifts.csv: shifts of 4kV must be \(z, 2\) \(dy, dx\), got shape {shape}"):
+            write_shifts_csv(path, {2: np.zeros((3, 2)), 4: bad})
+    write_shifts_csv(path, {2: [[0, 0]]})  # one slice, integer shifts: fine
+    assert read_shifts_csv(path)[2.0].tolist() == [[0.0, 0.0]]
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", r"no column channel, slice, dy, dx \(found: an empty file\)"),
+    ("a,b\n", r"no column channel, slice, dy, dx \(found: a, b\)"),
+    ("channel,slice,dy,dx\n", r"lists no shifts \(a header and no rows\)"),
+    ("channel,slice,dy,dx\nfoo,0,0,0\n", r"row 0 \(line 2\): channel 'foo' is not a channel name \(bse_2kV, se2_1kV\)"),
+    ("channel,slice,dy,dx\nbse_2kV,x,0,0\n", r"row 0 \(line 2\): slice 'x' is not an integer"),
+    ("channel,slice,dy,dx\nbse_2kV,-1,0,0\n", r"row 0 \(line 2\): slice -1 is negative"),
+    ("channel,slice,dy,dx\nbse_2kV,0,inf,0\n", r"row 0 \(line 2\): dy is 'inf', expected a finite number of pixels"),
+    ("channel,slice,dy,dx\nbse_2kV,0,0,0\nbse_2kV,0,1,1\n", r"row 1 \(line 3\): slice 0 of 2kV is listed twice"),
+    ("channel,slice,dy,dx\nbse_2kV,0,0,0\nbse_2kV,11,0,0\n", r"2kV lists slices up to 11 but not slice 1, 2, 3, 4, 5, 6, 7, "
+                                                               r"8, 9, 10$"),
+    ("channel,slice,dy,dx\nbse_2kV,0,0,0\nbse_2kV,12,0,0\n", r"but not slice 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 \.\.\.$"),
+])
+def test_bad_shift_files_are_named_with_the_row_and_what_was_expected(tmp_path, text, message):
+    path = tmp_path / "shifts.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_shifts_csv(path)
+
+
+def test_a_missing_shift_file_says_what_was_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere.csv: no such shift file \(expected a CSV with columns "
+                                                r"channel, slice, dy, dx\)"):
+        read_shifts_csv(tmp_path / "nowhere.csv")
+
+
+def test_the_fill_grey_comes_from_strided_pixels_of_large_slices():
+    # 16 slices of 512 x 512 (4.2 M pixels > 1 M): every second row and column is read, so a
+    # stack that is 100 on even rows and columns only (a quarter of it) fills with 100 ...
+    large = np.zeros((16, 512, 512), np.float32)
+    large[:, ::2, ::2] = 100.0
+    assert ShiftedStack(large, np.zeros((16, 2))).cval == 100.0
+    # ... while a small stack is read whole: three quarters are 0
+    assert ShiftedStack(large[:, :64, :64], np.zeros((16, 2))).cval == 0.0
