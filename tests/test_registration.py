@@ -322,3 +322,15 @@ def test_the_fill_grey_comes_from_strided_pixels_of_large_slices():
     assert ShiftedStack(large, np.zeros((16, 2))).cval == 100.0
     # ... while a small stack is read whole: three quarters are 0
     assert ShiftedStack(large[:, :64, :64], np.zeros((16, 2))).cval == 0.0
+
+
+def test_stack_shift_passes_its_normalization_to_the_correlation():
+    # plain cross-correlation and phase correlation (whitened spectra) weigh noise differently:
+    # on the same noisy slices they land on different 1/20-pixel grid points near the truth
+    rng = np.random.default_rng(0)
+    reference = ndimage.gaussian_filter(rng.random((5, 96, 96)), 3)
+    moving = np.stack([ndimage.shift(image, (1.3, -0.7)) for image in reference]) + rng.normal(0, 0.02, reference.shape)
+    plain = stack_shift(moving.astype(np.float32), reference.astype(np.float32))
+    phase = stack_shift(moving.astype(np.float32), reference.astype(np.float32), normalization="phase")
+    np.testing.assert_allclose(plain, (-1.3, 0.7), atol=0.05)
+    assert np.abs(phase - (-1.3, 0.7)).max() < 0.25 and not np.allclose(phase, plain)
