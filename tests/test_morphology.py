@@ -325,3 +325,89 @@ def test_fractions_of_labels_and_empty_volumes():
     for function in (phase_fractions, solid_fraction):
         with pytest.raises(ValueError, match="^volume is empty$"):
             function(np.zeros((0, 4), np.uint8))
+
+
+def _sheets():
+    """A pore of two parts: a one-voxel-thin sheet on the z0 face (128 voxels) and, not touching
+    it, a block of 128 voxels inside the solid."""
+    vol = np.full((12, 16, 16), SOLID, dtype=np.uint8)
+    vol[0, :8, :] = PORE  # 8 x 16 = 128 voxels on the inlet face, one voxel thick
+    vol[4:6, 4:12, 4:12] = PORE  # 2 x 8 x 8 = 128 voxels, disconnected
+    return vol
+
+
+def test_bottleneck_radius_at_its_limits():
+    vol = _sheets()
+    # no access limitation: every pore voxel fits a one-voxel sphere, r^2 = 2 only the block's ...
+    assert characteristic_bottleneck_radius(vol, inlet=None) == 1.0  # default voxel size: 1 nm
+    # ... from z0 exactly half the pore is reached by one-voxel spheres: the fraction 0.5 is met
+    assert intrusion_fraction(vol, [1.0])[1.0] == 0.5
+    assert characteristic_bottleneck_radius(vol) == 1.0
+    assert characteristic_bottleneck_radius(vol, fraction=0.6) == 0.0  # more than is reachable
+    assert characteristic_bottleneck_radius(vol, inlet=None, fraction=1.0) == 1.0  # fraction 1 is allowed
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=f"fraction must be in \\(0, 1\\], got {bad}"):
+            characteristic_bottleneck_radius(vol, fraction=bad)
+    # a half-nanometre voxel: r_max 0.5 nm is a radius, not "no pore"
+    c = constrictivity(vol, voxel_size_nm=0.5)
+    assert (c["r_min_nm"], c["r_max_nm"], c["beta"]) == (0.5, 0.5, 1.0)
+    assert constrictivity(vol)["r_max_nm"] == 1.0  # default voxel size 1 nm
+
+
+def test_bottleneck_radius_is_the_largest_radius_filling_the_fraction(wave64):
+    # brute force over every squared radius k: the largest sqrt(k) whose intrusion fills >= fraction
+    wave = wave64[:40, :40, :40]
+    k_max = int(ndi.distance_transform_edt(np.pad(wave == PORE, 1, constant_values=True)).max() ** 2) + 1
+    for inlet, fraction in (("z0", 0.5), (None, 0.5), ("x1", 0.3)):
+        radii = [math.sqrt(k) for k in range(1, k_max + 1)]
+        fills = dict(zip(range(1, k_max + 1), intrusion_fraction(wave, radii, inlet=inlet).values()))
+        expected = max((k for k, f in fills.items() if f >= fraction), default=0)
+        assert expected > 4  # the bisection has several steps to take
+        assert characteristic_bottleneck_radius(wave, inlet=inlet, fraction=fraction) == pytest.approx(
+            math.sqrt(expected), rel=1e-12), (inlet, fraction)
+        # a fraction that one radius fills exactly: that radius still counts
+        k_exact = expected
+        exact = characteristic_bottleneck_radius(wave, inlet=inlet, fraction=fills[k_exact])
+        assert exact == pytest.approx(math.sqrt(k_exact), rel=1e-12)
+
+
+def test_constrictivity_uses_its_inlet(throat):
+    # from the chamber side (z0) the throat limits the intrusion; from the body side (z1) it does not
+    z0, z1 = constrictivity(throat, inlet="z0"), constrictivity(throat, inlet="z1")
+    assert z0["r_min_nm"] == pytest.approx(characteristic_bottleneck_radius(throat, inlet="z0"))
+    assert z1["r_min_nm"] == pytest.approx(characteristic_bottleneck_radius(throat, inlet="z1"))
+    assert z1["r_min_nm"] > z0["r_min_nm"] and z0["r_max_nm"] == z1["r_max_nm"]
+    assert characteristic_bottleneck_radius(throat) == pytest.approx(math.sqrt(10))  # 1 nm voxels by default
+
+
+def test_tortuosity_units_limits_and_float_volumes():
+    vol = np.full((2, 6, 6), SOLID, dtype=np.uint8)
+    vol[:, 2:4, 2:4] = PORE  # straight channel through 2 slices (the fewest allowed)
+    r = geodesic_tortuosity(vol)
+    assert (r["mean"], r["straight_nm"], r["mean_path_nm"]) == (1.0, 1.0, 1.0)  # default 1 nm voxels
+    r = geodesic_tortuosity(vol, voxel_size_nm=2.5)
+    assert r["straight_nm"] == 2.5 and r["mean_path_nm"] == pytest.approx(r["mean"] * 2.5)
+    # float labels (0.0 / 1.0, as a mean of segmentations can come) are read as labels too
+    assert geodesic_tortuosity(vol.astype(np.float64))["mean"] == 1.0
+    assert characteristic_bottleneck_radius(vol.astype(np.float32), inlet=None) == 1.0
+    with pytest.raises(ValueError, match="volume has 1 slice along axis 0; need >= 2 for a tortuosity"):
+        geodesic_tortuosity(vol[:1])
+
+
+def test_tortuosity_of_an_unconnected_phase_is_nan_without_warnings():
+    import warnings
+
+    vol = np.full((6, 6, 6), SOLID, dtype=np.uint8)
+    vol[0, 1:3, 1:3] = PORE  # pore on the start face only
+    vol[5, 3:5, 3:5] = PORE  # and on the end face, not connected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = geodesic_tortuosity(vol)
+    assert math.isnan(r["mean"]) and math.isnan(r["std"]) and math.isnan(r["mean_path_nm"])
+    assert r["connected_fraction"] == 0.0 and r["n_start"] == 4
+
+
+def test_tortuosity_mean_path_is_the_mean_tau_times_the_straight_length(wave64):
+    r = geodesic_tortuosity(wave64, phase=PORE, axis=2, voxel_size_nm=2.5)
+    assert r["mean_path_nm"] == pytest.approx(r["mean"] * 63 * 2.5, rel=1e-12)
+    assert r["std"] == pytest.approx(r["values"].std(), rel=1e-12) and r["std"] > 0
