@@ -155,3 +155,78 @@ def test_bad_arguments_raise():
         render_bse(labels, 2.0, VOXEL, boundary="zero")
     with pytest.raises(ValueError, match="unknown material 'unobtainium'"):
         render_bse(labels, 2.0, VOXEL, materials=("epoxy", "unobtainium"))
+
+
+def _column_signal(labels, voltage, voxel=VOXEL, depth_slices=4000):
+    """The closed form of the module docstring, summed down each column directly (no sweep):
+    S = sum_k eta_k a_k prod_{j<k} (1 - a_k), over the stack and its continuation below
+    (periodic copies), until less than 1e-12 is transmitted. No lateral spread."""
+    materials = [get_material("epoxy"), get_material("Au")]
+    eta_ = np.array([m.backscatter_coefficient(voltage) for m in materials])
+    absorb = 1 - np.exp(-voxel / np.array([0.2 * m.range_nm(voltage) for m in materials]))
+    out = np.zeros(labels.shape)
+    transmitted = np.ones(labels.shape)
+    for k in range(depth_slices):
+        phase = np.take(labels, np.arange(labels.shape[0]) + k, axis=0, mode="wrap")
+        out += transmitted * eta_[phase] * absorb[phase]
+        transmitted *= 1 - absorb[phase]
+        if transmitted.max() < 1e-12:
+            break
+    return out
+
+
+@pytest.mark.parametrize("voltage", [1.0, 4.0])
+def test_the_sweep_equals_the_column_sums_of_the_closed_form(voltage):
+    labels = leveled_wave((12, 16, 16), 20.0, 0.3, VOXEL, seed=4).astype(np.uint8)
+    image = render_bse(labels, voltage, VOXEL, lateral_spread=0.0, **NOISELESS)
+    # the sweep starts 0.1 % of the transmission below the stack, from the mean eta: off by < 1e-3 eta
+    np.testing.assert_allclose(image, _column_signal(labels, voltage), rtol=0, atol=1e-3 * eta("Au", voltage))
+
+
+def test_below_the_stack_lie_periodic_or_mirrored_copies():
+    labels = leveled_wave((8, 16, 16), 20.0, 0.3, VOXEL, seed=5).astype(np.uint8)
+    settings = dict(lateral_spread=0.3, **NOISELESS)
+    periodic = render_bse(labels, 4.0, VOXEL, boundary="periodic", **settings)
+    copies = render_bse(np.concatenate([labels, labels]), 4.0, VOXEL, boundary="periodic", **settings)
+    np.testing.assert_allclose(periodic, copies[:8], atol=5e-4)
+    mirrored = render_bse(labels, 4.0, VOXEL, boundary="reflect", **settings)
+    mirror_copies = render_bse(np.concatenate([labels, labels[::-1]]), 4.0, VOXEL, boundary="reflect", **settings)
+    np.testing.assert_allclose(mirrored, mirror_copies[:8], atol=5e-4)
+    assert np.abs(periodic - mirrored).max() > 0.01  # the two boundaries do differ at 4 kV
+
+
+def test_periodic_images_shift_with_the_structure_and_reflected_ones_do_not_wrap():
+    labels = leveled_wave((6, 24, 24), 10.0, 0.3, VOXEL, seed=6).astype(np.uint8)
+    settings = dict(lateral_spread=0.5, probe_sigma_nm=3.0, electrons_per_pixel=None, read_noise=0.0)
+    periodic = render_bse(labels, 2.0, VOXEL, boundary="periodic", **settings)
+    rolled = render_bse(np.roll(labels, (5, -7), axis=(1, 2)), 2.0, VOXEL, boundary="periodic", **settings)
+    np.testing.assert_allclose(rolled, np.roll(periodic, (5, -7), axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    # a gold wall in the first column: under "reflect" the last column, 127 pixels away, sees
+    # only epoxy; under "periodic" it is the wall's neighbour
+    wall = np.zeros((4, 8, 128), np.uint8)
+    wall[:, :, 0] = 1
+    epoxy = render_bse(np.zeros_like(wall), 2.0, VOXEL, boundary="reflect", **settings)
+    reflect = render_bse(wall, 2.0, VOXEL, boundary="reflect", **settings)
+    assert np.abs(reflect[:, :, -1] - epoxy[:, :, -1]).max() < 1e-5
+    wrapped = render_bse(wall, 2.0, VOXEL, boundary="periodic", **settings)
+    assert (wrapped[:, :, -1] - epoxy[:, :, -1]).min() > 0.01
+
+
+@pytest.mark.parametrize("boundary, mode", [("periodic", "wrap"), ("reflect", "reflect")])
+def test_probe_blur_is_a_gaussian_in_nm_of_each_pixel_size(boundary, mode):
+    from scipy import ndimage as ndi
+
+    labels = leveled_wave((4, 20, 30), 8.0, 0.3, (2.5, 2.0, 3.0), seed=7).astype(np.uint8)
+    sharp = render_bse(labels, 2.0, (2.5, 2.0, 3.0), boundary=boundary, **NOISELESS)
+    blurred = render_bse(labels, 2.0, (2.5, 2.0, 3.0), boundary=boundary, **(NOISELESS | {"probe_sigma_nm": 0.6}))
+    np.testing.assert_allclose(blurred, ndi.gaussian_filter(sharp, (0, 0.3, 0.2), mode=mode), rtol=1e-5, atol=1e-6)
+    assert np.abs(blurred - sharp).max() > 1e-4  # 0.6 nm is a blur too (below one pixel)
+
+
+def test_read_noise_is_zero_mean_and_off_at_zero():
+    labels = np.ones((2, 64, 64), np.uint8)
+    clean = render_bse(labels, 2.0, VOXEL, probe_sigma_nm=0.0, electrons_per_pixel=None, read_noise=0.0)
+    noisy = render_bse(labels, 2.0, VOXEL, probe_sigma_nm=0.0, electrons_per_pixel=None, read_noise=0.05, seed=3)
+    residual = noisy - clean
+    assert abs(residual.mean()) < 0.005 and residual.std() == pytest.approx(0.05, rel=0.05)
+    np.testing.assert_array_equal(clean, np.full_like(clean, clean[0, 0, 0]))  # no noise at read_noise 0
