@@ -230,3 +230,47 @@ def test_read_noise_is_zero_mean_and_off_at_zero():
     residual = noisy - clean
     assert abs(residual.mean()) < 0.005 and residual.std() == pytest.approx(0.05, rel=0.05)
     np.testing.assert_array_equal(clean, np.full_like(clean, clean[0, 0, 0]))  # no noise at read_noise 0
+
+
+def test_defaults_are_those_documented():
+    labels = leveled_wave((6, 16, 16), 10.0, 0.3, VOXEL, seed=8).astype(np.uint8)
+    explicit = render_bse(labels, 2.0, 2.5, ("epoxy", "Au"), information_depth_fraction=0.2, lateral_spread=0.3,
+                          probe_sigma_nm=1.5, electrons_per_pixel=200.0, read_noise=0.01, boundary="periodic", seed=0)
+    np.testing.assert_array_equal(render_bse(labels, 2.0), explicit)
+
+
+def test_the_sweep_follows_the_documented_recurrence_with_lateral_spread():
+    """S_z = eta a + (1 - a) G(S_{z+1}), G a Gaussian of lateral_spread sqrt(Lambda_max dz) nm
+    (per pixel size along y and x), started ceil(ln(1000) Lambda_max / dz) slices below the
+    stack from the mean eta: written out here from the docstrings, in float64."""
+    from scipy import ndimage as ndi
+
+    labels = leveled_wave((5, 12, 18), 8.0, 0.3, (2.5, 2.0, 3.0), seed=9).astype(np.uint8)
+    voltage, voxel, spread = 1.0, (2.5, 2.0, 3.0), 0.3
+    materials = [get_material("epoxy"), get_material("Au")]
+    eta_ = np.array([m.backscatter_coefficient(voltage) for m in materials])
+    depth = np.array([0.2 * m.range_nm(voltage) for m in materials])
+    absorb = 1 - np.exp(-voxel[0] / depth)
+    sigma_nm = spread * np.sqrt(depth.max() * voxel[0])
+    below = int(np.ceil(np.log(1e3) * depth.max() / voxel[0]))
+    signal = np.full(labels.shape[1:], eta_[labels].mean())
+    expected = np.empty(labels.shape)
+    for z in list(range(labels.shape[0] + below - 1, -1, -1)):
+        phase = labels[z % labels.shape[0]]
+        signal = ndi.gaussian_filter(signal, (sigma_nm / voxel[1], sigma_nm / voxel[2]), mode="wrap")
+        signal = eta_[phase] * absorb[phase] + (1 - absorb[phase]) * signal
+        if z < labels.shape[0]:
+            expected[z] = signal
+    image = render_bse(labels, voltage, voxel, lateral_spread=spread, **NOISELESS)
+    np.testing.assert_allclose(image, expected, rtol=2e-6, atol=2e-6)
+    # a lateral spread of a fifth of a pixel per step still blurs
+    faint = render_bse(labels, voltage, voxel, lateral_spread=0.1, **NOISELESS)
+    assert np.abs(faint - render_bse(labels, voltage, voxel, lateral_spread=0.0, **NOISELESS)).max() > 1e-4
+
+
+def test_progress_is_shown_only_when_asked(capsys):
+    labels = np.zeros((2, 8, 8), np.uint8)
+    render_bse(labels, 2.0)
+    assert capsys.readouterr().err == ""
+    render_bse(labels, 2.0, progress=True)
+    assert "BSE 2 kV" in capsys.readouterr().err
