@@ -164,3 +164,42 @@ def test_images_without_finite_power_are_refused():
     broken = np.full((1, 16, 16), np.nan)  # e.g. a NaN image: no bin holds finite power
     with pytest.raises(ValueError, match=r"no frequency bin holds data of both domains \(n_bins=8\)"):
         spectrum_distance(broken, np.zeros((1, 16, 16)))
+
+
+def test_jensen_shannon_divergence_by_hand():
+    # two images of 4 grey levels: histograms over 4 bins spanning [0, 3] are the level counts
+    a = np.array([[0.0, 0.0, 1.0, 2.0]])
+    b = np.array([[1.0, 2.0, 3.0, 3.0]])
+    p, q = np.array([2, 1, 1, 0]) / 4, np.array([0, 1, 1, 2]) / 4
+    m = (p + q) / 2
+
+    def kl(x, y):
+        nz = x > 0
+        return float(np.sum(x[nz] * np.log2(x[nz] / y[nz])))
+
+    divergence = 0.5 * kl(p, m) + 0.5 * kl(q, m)  # = 0.5 here
+    assert histogram_distance(a, b, bins=4, metric="jensen_shannon") == pytest.approx(divergence, rel=1e-12)
+    assert divergence == pytest.approx(0.5)
+    # the default is 256 bins, and constant images (no range) are identical or not
+    pixels = np.random.default_rng(1).random((2, 16, 16))
+    other = pixels**2
+    assert histogram_distance(pixels, other, metric="jensen_shannon") == pytest.approx(
+        histogram_distance(pixels, other, 256, metric="jensen_shannon"), rel=1e-12)
+    assert histogram_distance(np.full((4, 4), 0.3), np.full((4, 4), 0.3), metric="jensen_shannon") == 0.0
+    assert histogram_distance(np.full((4, 4), 0.3), np.full((4, 4), 0.7), metric="jensen_shannon") == pytest.approx(1.0)
+
+
+def test_a_single_image_is_a_stack_of_one():
+    image = np.random.default_rng(2).random((32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(power_spectrum(image)[1], power_spectrum(image[None])[1])
+    assert histogram_distance(image, image[None] + 0.25) == pytest.approx(0.25, rel=1e-6)
+    with pytest.raises(ValueError, match=r"got an array of shape \(2, 2, 32, 32\)$"):
+        power_spectrum(np.zeros((2, 2, 32, 32)))
+
+
+def test_the_pixel_subsample_of_large_domains_is_the_same_every_time():
+    # more than 2^20 pixels: a fixed-seed subsample, so a distance is reproducible
+    rng = np.random.default_rng(3)
+    a, b = rng.random((5, 512, 512)), rng.random((5, 512, 512)) ** 1.1
+    assert histogram_distance(a, b) == histogram_distance(a, b)
+    assert histogram_distance(a, a.copy()) == 0.0  # equal sizes draw the same pixels
