@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,6 @@ import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval  # MONAI exposes its stride nowhere public: the reference fibml matches
 
-from fibml import inference
 from fibml.data.transforms import normalize_stack, percentile_range, percentile_step
 from fibml.inference import (
     FINGERPRINT,
@@ -33,7 +33,9 @@ from fibml.inference import (
     WORK_DIR,
     NormalizedStack,
     PredictorFactory,
+    axis_blocks,
     finished_chunks,
+    plan_chunks,
     predict_to_disk,
     predict_volume,
     probability_name,
@@ -169,7 +171,7 @@ def test_3d_blocks_see_exactly_monais_whole_volume_windows():
         stride = _get_scan_interval((max(size, patch),), (patch,), 1, (overlap,))[0]
         assert scan_interval(size, patch, overlap) == stride
         whole = [s[0].start for s in dense_patch_slices((max(size, patch),), (patch,), (stride,))]
-        blocks = inference.axis_blocks(size, patch, overlap, core)
+        blocks = axis_blocks(size, patch, overlap, core)
         assert [(a, b) for a, b, _, _ in blocks] == sorted((a, b) for a, b, _, _ in blocks)
         assert blocks[0][0] == 0 and blocks[-1][1] == size
         for (a, b, lo, hi), following in zip(blocks, blocks[1:] + [(size, size, 0, 0)]):
@@ -181,6 +183,45 @@ def test_3d_blocks_see_exactly_monais_whole_volume_windows():
                 assert {w for w in whole if w <= x < w + patch} == {w for w in local if w <= x < w + patch}, (
                     size, patch, overlap, core, (a, b, lo, hi), x
                 )
+
+
+def test_slice_chunks_are_runs_of_whole_slices():
+    chunks, chunking = plan_chunks((10, 32, 48), "2.5d", (16, 16), 0.25, 4, None)
+    assert chunking == [4] and [c.index for c in chunks] == [0, 1, 2]
+    assert [c.core for c in chunks] == [((0, 4), (0, 32), (0, 48)), ((4, 8), (0, 32), (0, 48)), ((8, 10), (0, 32), (0, 48))]
+    assert all(c.region == c.core for c in chunks)  # the reader adds the neighbouring slices
+    assert [c.n_voxels for c in chunks] == [4 * 32 * 48, 4 * 32 * 48, 2 * 32 * 48]
+    assert [c.slices(32 * 48) for c in chunks] == [4, 4, 2] and isinstance(chunks[0].slices(32 * 48), int)
+
+
+def test_3d_chunks_tile_the_volume_once_and_read_their_halo():
+    shape, roi = (20, 40, 50), (8, 16, 16)
+    chunks, chunking = plan_chunks(shape, "3d", roi, 0.25, 99, (8, 12, 16))
+    axes = [axis_blocks(n, p, 0.25, b) for n, p, b in zip(shape, roi, (8, 12, 16))]
+    assert len(chunks) == np.prod([len(a) for a in axes]) > 8 and [c.index for c in chunks] == list(range(len(chunks)))
+    assert chunking == [a[0][1] - a[0][0] for a in axes] == [12, 12, 24]  # cores rounded up to whole strides (6, 12, 12)
+    covered = np.zeros(shape, int)
+    for c in chunks:
+        (z0, z1), (y0, y1), (x0, x1) = c.core
+        covered[z0:z1, y0:y1, x0:x1] += 1
+        for (a, b), (lo, hi), n in zip(c.core, c.region, shape):
+            assert 0 <= lo <= a < b <= hi <= n  # the region holds the core
+        assert c.n_voxels == (z1 - z0) * (y1 - y0) * (x1 - x0)
+    assert (covered == 1).all()
+    # chunks run with x fastest: the first two differ in x only
+    assert chunks[0].core[:2] == chunks[1].core[:2] and chunks[0].core[2] != chunks[1].core[2]
+    assert chunks[0].slices(40 * 50) == pytest.approx(12 * 12 * 24 / 2000) and isinstance(chunks[0].slices(2000), float)
+    # one size for all axes, and the default block (64, 512, 512): here one chunk holds it all
+    assert plan_chunks(shape, "3d", roi, 0.25, 99, 8)[1] == [12, 12, 12]
+    whole, chunking = plan_chunks(shape, "3d", roi, 0.25, 99, None)
+    assert len(whole) == 1 and whole[0].core == whole[0].region == ((0, 20), (0, 40), (0, 50))
+
+
+@pytest.mark.parametrize("block", [(8, 8), (8, 0, 8), 0])
+def test_3d_blocks_must_be_one_or_three_positive_sizes(block):
+    shown = str((block,) * 3 if isinstance(block, int) else tuple(block))
+    with pytest.raises(ValueError, match=rf"block must be one size or three \(z, y, x\) sizes >= 1, got {re.escape(shown)}"):
+        plan_chunks((20, 40, 50), "3d", (8, 16, 16), 0.25, 1, block)
 
 
 # --- resume --------------------------------------------------------------------------------
