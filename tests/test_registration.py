@@ -17,6 +17,7 @@ from fibml.data.registration import (
     apply_shifts,
     read_shifts_csv,
     register_stacks,
+    registration_shifts,
     slice_shifts,
     stack_shift,
     write_shifts_csv,
@@ -334,3 +335,231 @@ def test_stack_shift_passes_its_normalization_to_the_correlation():
     phase = stack_shift(moving.astype(np.float32), reference.astype(np.float32), normalization="phase")
     np.testing.assert_allclose(plain, (-1.3, 0.7), atol=0.05)
     assert np.abs(phase - (-1.3, 0.7)).max() < 0.25 and not np.allclose(phase, plain)
+
+
+# --- inputs, options and messages ---------------------------------------------------------
+
+
+def _smooth(shape, seed):
+    return ndimage.gaussian_filter(np.random.default_rng(seed).random(shape), (0, 2, 2)).astype(np.float32)
+
+
+def test_apply_shifts_interpolates_images_cubically_and_labels_by_nearest_pixel():
+    image = _smooth((3, 32, 32), 1)
+    shifts = np.array([[0.0, 0.0], [0.3, -1.6], [2.5, 0.25]])
+    out = apply_shifts(image, shifts, cval=0.5, progress=False)
+    for z in (1, 2):  # scipy's cubic spline shift, constant fill
+        np.testing.assert_allclose(out[z], ndimage.shift(image[z], shifts[z], order=3, mode="constant", cval=0.5),
+                                   rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(out[0], image[0])
+    grey = (image * 200).astype(np.uint8)
+    linear = apply_shifts(grey, shifts, order=1, cval=0, progress=False)  # integers interpolated: float32
+    assert linear.dtype == np.float32
+    np.testing.assert_allclose(linear[1], ndimage.shift(grey[1].astype(np.float32), shifts[1], order=1, cval=0), atol=1e-4)
+    same = apply_shifts(image, (0.3, -1.6), cval=0.5, progress=False)  # one (dy, dx) for every slice
+    np.testing.assert_allclose(same[2], ndimage.shift(image[2], (0.3, -1.6), order=3, cval=0.5), atol=1e-6)
+
+
+def test_what_shifts_in_is_a_neutral_value_of_the_stack():
+    # floats: the median, from at most 1e6 evenly strided pixels; labels: the most frequent label
+    small = np.zeros((1, 40, 50), np.float32)
+    small.reshape(-1)[::2] = 100.0  # half 100, half 0: the median of all is 50
+    assert apply_shifts(small, (0.0, 3.0), progress=False)[0, 0, 0] == 50.0
+    large = np.zeros((1, 1000, 2000), np.float32)  # 2e6 pixels: every second one is read
+    large.reshape(-1)[::2] = 100.0
+    assert apply_shifts(large, (0.0, 3.0), progress=False)[0, 0, 0] == 100.0
+    labels = np.full((1, 20, 20), 2, np.uint8)
+    labels[0, :5] = 0
+    assert (apply_shifts(labels, (0.0, 4.0), progress=False)[0, :, :4] == 2).all()
+    assert (apply_shifts(_smooth((1, 20, 20), 2), (0.0, 4.0), mode="nearest", progress=False)[0, :, 0] != 0).all()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((32, 32), np.float32), r"stack must be a \(z, y, x\) stack, got an array of shape \(32, 32\)"),
+    (np.zeros((0, 32, 32), np.float32), r"stack must be a \(z, y, x\) stack, got an array of shape \(0, 32, 32\)"),
+    (np.full((2, 32, 32), "a"), r"stack must hold numbers, got dtype <U1"),
+    (np.array([[[np.nan, np.inf, 0.0]]] * 2), r"stack holds 4 NaN or inf pixels"),
+])
+def test_bad_stacks_are_named(bad, message):
+    with pytest.raises(ValueError, match=message):
+        apply_shifts(bad, (0.0, 0.0), progress=False)
+    with pytest.raises(ValueError, match=message):
+        slice_shifts(bad, progress=False)
+
+
+class _LazyOnly:
+    """A lazy slice source with only .shape and [z] (no dtype: read as float32)."""
+
+    def __init__(self, array):
+        self.array, self.shape = array, array.shape
+
+    def __getitem__(self, z):
+        return self.array[z]
+
+
+def test_lazy_stacks_are_checked_by_shape_and_dtype_only():
+    stack = _smooth((3, 32, 32), 3)
+    np.testing.assert_array_equal(ShiftedStack(_LazyOnly(stack), np.zeros((3, 2)))[1], stack[1])
+    assert slice_shifts(_LazyOnly(stack[:1]), progress=False).tolist() == [[0.0, 0.0]]  # one slice: no drift
+    with pytest.raises(ValueError, match=r"stack must be a \(z, y, x\) stack, got shape \(32, 32\)"):
+        ShiftedStack(_LazyOnly(stack[0]), np.zeros((32, 2)))
+    with pytest.raises(ValueError, match=r"stack must be a \(z, y, x\) stack, got shape \(0, 32, 32\)"):
+        ShiftedStack(_LazyOnly(stack[:0]), np.zeros((0, 2)))
+    text = _Lazy(np.full((2, 32, 32), "a"))
+    with pytest.raises(ValueError, match="stack must hold numbers, got dtype <U1"):
+        ShiftedStack(text, np.zeros((2, 2)))
+    flags = _Lazy(np.zeros((2, 32, 32), bool))  # bool slices are numbers enough
+    assert ShiftedStack(flags, np.zeros((2, 2)), cval=0.0).shape == (2, 32, 32)
+
+
+def test_shift_inputs_are_checked():
+    stack = _smooth((3, 32, 32), 4)
+    with pytest.raises(ValueError, match=r"shifts must be \(z, 2\) = \(3, 2\) or \(2,\) \(dy, dx\), got shape \(2, 2\)"):
+        apply_shifts(stack, np.zeros((2, 2)), progress=False)
+    with pytest.raises(ValueError, match="shifts hold 2 NaN or inf values"):
+        apply_shifts(stack, [[0, 0], [np.nan, 0], [0, np.inf]], progress=False)
+    with pytest.raises(ValueError, match="reference must be 'previous' or 'first', got 'last'"):
+        slice_shifts(stack, reference="last", progress=False)
+
+
+@pytest.mark.parametrize("roi, message", [
+    ((0, 40, 0, 16), r"roi \(y0, y1, x0, x1\) = \(0, 40, 0, 16\) does not lie inside the 32 x 48 slices"),
+    ((0, 16, 0, 49), r"= \(0, 16, 0, 49\) does not lie inside the 32 x 48 slices"),
+    ((-1, 16, 0, 16), r"= \(-1, 16, 0, 16\) does not lie inside"),
+    ((0, 16, -1, 16), r"= \(0, 16, -1, 16\) does not lie inside"),
+    ((16, 16, 0, 16), r"= \(16, 16, 0, 16\) does not lie inside"),
+    ((0, 16, 20, 20), r"= \(0, 16, 20, 20\) does not lie inside"),
+    ((0, 15, 0, 16), r"roi \(0, 15, 0, 16\) is 15 x 16 pixels: give at least 16 x 16"),
+    ((10, 26, 30, 45), r"roi \(10, 26, 30, 45\) is 16 x 15 pixels: give at least 16 x 16"),
+    ((0, 16, 0), r"roi must be \(y0, y1, x0, x1\) pixels, got \(0, 16, 0\)"),
+])
+def test_rois_must_lie_inside_and_be_large_enough(roi, message):
+    with pytest.raises(ValueError, match=message):
+        slice_shifts(np.zeros((2, 32, 48), np.float32), roi=roi, progress=False)
+
+
+def test_rois_at_the_edges_and_of_the_smallest_size_are_accepted():
+    stack = _smooth((2, 32, 48), 5)
+    for roi in ((0, 32, 0, 48), (16, 32, 32, 48), (0, 16, 0, 16)):
+        assert slice_shifts(stack, roi=roi, progress=False).shape == (2, 2)
+
+
+def _drifting(background_static: bool, n=6, seed=6, step=1.5):
+    """Slices of a structure drifting by `step` px in y per slice: everywhere, or only inside a
+    32 x 32 window that moves with it (to the pixel) over a static background."""
+    big = _smooth((1, 112, 112), seed)[0]
+    static = _smooth((1, 80, 80), seed + 1)[0] * 3
+    slices = []
+    for z in range(n):
+        moved = _shifted(big, (step * z, 0.0))[16:96, 16:96].astype(np.float32)
+        if background_static:
+            frame, d = static.copy(), int(round(step * z))
+            frame[24 + d : 56 + d, 24:56] = moved[24 + d : 56 + d, 24:56]
+            moved = frame
+        slices.append(moved)
+    return np.stack(slices)
+
+
+def test_slice_shifts_follow_the_roi_and_not_a_static_background():
+    stack = _drifting(background_static=True)
+    expected = -1.5 * np.arange(6)
+    found = slice_shifts(stack, roi=(28, 52, 28, 52), progress=False)
+    np.testing.assert_allclose(np.diff(found[:, 0]), -1.5, atol=0.2)  # each step (measured 1.4 px)
+    np.testing.assert_allclose(found[:, 1], 0.0, atol=0.2)
+    np.testing.assert_allclose(found * 20, np.round(found * 20), atol=1e-9)  # the 1/20-pixel grid
+    whole = slice_shifts(stack, progress=False)  # the static background and the window's edges mislead it
+    assert np.abs(np.diff(whole[:, 0]) + 1.5).max() > 0.4
+    first = slice_shifts(stack, roi=(28, 52, 28, 52), reference="first", progress=False)
+    np.testing.assert_allclose(first[:, 0], expected, atol=0.6)
+
+
+def test_previous_follows_a_changing_structure_where_first_cannot():
+    # consecutive slices of a 3D field (1.5 nm apart, wavelength 30 nm), drifting 0.8 px per slice:
+    # each resembles the one before it, the far ones not slice 0. "previous" accumulates small
+    # errors (oblique ligaments look like drift); "first" loses the structure
+    field = leveled_wave_field((30, 96, 96), 30.0, (1.5, 2.5, 2.5), n_waves=200, rng=8)
+    drift = np.cumsum(np.r_[0.0, np.full(29, 0.8)])
+    stack = np.stack([_shifted(field[z], (d, -d))[8:88, 8:88] for z, d in enumerate(drift)]).astype(np.float32)
+    error_previous = np.abs(slice_shifts(stack, progress=False) + np.c_[drift, -drift]).max()
+    error_first = np.abs(slice_shifts(stack, reference="first", progress=False) + np.c_[drift, -drift]).max()
+    assert error_previous < 3.0 and error_first > 6.0  # measured 2.35 and 12.05 px over 23 px of drift
+
+
+def test_uniform_slices_warn_naming_them_and_keep_the_drift(recwarn):
+    stack = _smooth((4, 32, 32), 9)
+    stack[2] = 0.5  # a uniform slice: nothing to correlate
+    shifts = slice_shifts(stack, progress=False)
+    messages = [str(w.message) for w in recwarn]
+    assert "slice 2 or 1 is uniform inside the window: slice 2 is not moved" in messages
+    assert "slice 3 or 2 is uniform inside the window: slice 3 is not moved" in messages
+    assert all(w.filename == __file__ for w in recwarn)  # the caller's line (stacklevel 2)
+    np.testing.assert_array_equal(shifts[2], shifts[1])
+    recwarn.clear()
+    first = slice_shifts(stack, reference="first", progress=False)
+    assert [str(w.message) for w in recwarn] == ["slice 2 or 0 is uniform inside the window: slice 2 keeps the drift of 1"]
+    assert recwarn[0].filename == __file__
+    np.testing.assert_array_equal(first[2], first[1])
+
+
+def test_progress_bars_show_by_default_and_leave_no_trace(capsys):
+    stack = _smooth((3, 32, 32), 10)
+    slice_shifts(stack)
+    err = capsys.readouterr().err
+    assert "intra-stack" in err and "slice" in err.replace("intra-stack", "") and not err.endswith("\n")
+    apply_shifts(stack, (0.5, 0.5))
+    err = capsys.readouterr().err
+    assert err.startswith("\rshift") or "shift:" in err
+    apply_registration({2: stack}, {2: np.zeros((3, 2))})
+    assert "shift" in capsys.readouterr().err
+    slice_shifts(stack, progress=False)
+    apply_shifts(stack, (0.5, 0.5), progress=False)
+    apply_registration({2: stack}, {2: np.zeros((3, 2))}, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_registration_options_select_the_steps(scene):
+    s2 = _voltage_stack(scene)
+    s4 = _voltage_stack(scene, offset=scene["offset"])
+    none = registration_shifts({2: s2, 4: s4}, intra=False, inter=False, progress=False)
+    assert all(not t.any() for t in none.values())
+    inter_only = registration_shifts({2: s2, 4: s4}, intra=False, progress=False)
+    assert not inter_only[2.0].any()  # the reference stays where it is
+    assert (inter_only[4.0] == inter_only[4.0][0]).all() and _max_error(inter_only[4.0], scene["offset"]) < TOLERANCE
+    drift_only = registration_shifts({2: s2, 4: s4}, inter=False, progress=False)
+    np.testing.assert_array_equal(drift_only[2.0], drift_only[4.0])  # voltages drift together
+    with pytest.raises(ValueError, match="intra must be True, False or 'each', got 'both'"):
+        registration_shifts({2: s2}, intra="both", progress=False)
+    with pytest.raises(ValueError, match="^no stacks to register$"):
+        registration_shifts({}, progress=False)
+    with pytest.raises(ValueError, match=r"cannot register stacks of different shapes \(z, y, x\): 4kV has 90 columns, "
+                                         r"2kV has 96"):
+        registration_shifts({2: s2, 4: s2[:, :, :90]}, progress=False)
+    with pytest.raises(ValueError, match=r"^4kV must be a \(z, y, x\) stack"):
+        registration_shifts({2: s2, 4: s2[0]}, progress=False)
+    uniform = np.full_like(s2, 0.3)
+    with pytest.raises(ValueError, match="^every slice is uniform inside the window: nothing to correlate between the stacks$"):
+        registration_shifts({2: s2, 4: uniform}, intra=False, progress=False)
+
+
+def test_inter_stack_offsets_use_the_roi_and_every_slice_when_asked(scene):
+    s2 = _fiducial_stack(scene)
+    s4 = _fiducial_stack(scene, offset=scene["offset"])
+    sampled = registration_shifts({2: s2, 4: s4}, roi=ROI, intra_roi=ROI, max_slices=3, progress=False)
+    every = registration_shifts({2: s2, 4: s4}, roi=ROI, intra_roi=ROI, max_slices=None, progress=False)
+    for table in (sampled, every):
+        assert _max_error(table[4.0], scene["drift"] + scene["offset"]) < TOLERANCE
+
+
+def test_a_roi_that_drifts_out_of_the_slice_is_refused():
+    stack = _drifting(background_static=False, n=6, step=-3.0)  # the content moves up 3 px per slice
+    with pytest.raises(ValueError, match=r"slice \d: the roi \(2, 18, 20, 36\) has drifted out of the image \(drift "
+                                         r"of about \(\d+, 0\) pixels\): choose a roi further from the edges"):
+        slice_shifts(stack, roi=(2, 18, 20, 36), progress=False)
+
+
+def test_a_table_without_the_channel_says_what_it_has():
+    stack = _smooth((2, 32, 32), 11)
+    with pytest.raises(ValueError, match=r"the shift table has no shifts for 2kV, 4kV \(it has: none\)"):
+        apply_registration({2: stack, 4: stack}, {}, progress=False)
+    with pytest.raises(ValueError, match=r"has no shifts for 4kV \(it has: 1kV, 2kV\)"):
+        apply_registration({4: stack}, {1: np.zeros((2, 2)), 2: np.zeros((2, 2))}, progress=False)
