@@ -7,6 +7,8 @@ slice is known to machine precision and the crop makes the slices non-periodic l
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -503,14 +505,15 @@ def test_uniform_slices_warn_naming_them_and_keep_the_drift(recwarn):
 
 def test_progress_bars_show_by_default_and_leave_no_trace(capsys):
     stack = _smooth((3, 32, 32), 10)
+    bar = r"(^|\r){}: .*(?<![A-Za-z])(slice/s|s/slice)(?![A-Za-z])"  # tqdm's "desc: ... 12.3slice/s]"
     slice_shifts(stack)
     err = capsys.readouterr().err
-    assert "intra-stack" in err and "slice" in err.replace("intra-stack", "") and not err.endswith("\n")
+    assert re.search(bar.format("intra-stack"), err) and not err.endswith("\n")  # cleared when done (leave=False)
     apply_shifts(stack, (0.5, 0.5))
     err = capsys.readouterr().err
-    assert err.startswith("\rshift") or "shift:" in err
+    assert re.search(bar.format("shift"), err) and not err.endswith("\n")
     apply_registration({2: stack}, {2: np.zeros((3, 2))})
-    assert "shift" in capsys.readouterr().err
+    assert re.search(bar.format("shift"), capsys.readouterr().err)
     slice_shifts(stack, progress=False)
     apply_shifts(stack, (0.5, 0.5), progress=False)
     apply_registration({2: stack}, {2: np.zeros((3, 2))}, progress=False)
@@ -563,3 +566,42 @@ def test_a_table_without_the_channel_says_what_it_has():
         apply_registration({2: stack, 4: stack}, {}, progress=False)
     with pytest.raises(ValueError, match=r"has no shifts for 4kV \(it has: 1kV, 2kV\)"):
         apply_registration({4: stack}, {1: np.zeros((2, 2)), 2: np.zeros((2, 2))}, progress=False)
+
+
+def test_non_square_slices_are_registered_along_each_axis():
+    big = _smooth((1, 96, 128), 12)[0]
+    stack = np.stack([_shifted(big, (0.5 * z, -1.0 * z))[8:72, 8:104] for z in range(5)]).astype(np.float32)  # 64 x 96
+    found = slice_shifts(stack, progress=False)
+    np.testing.assert_allclose(found, -np.c_[0.5 * np.arange(5), -1.0 * np.arange(5)], atol=0.15)
+    np.testing.assert_allclose(stack_shift(stack[:, :, ::-1].copy(), stack[:, :, ::-1].copy()), (0.0, 0.0), atol=1e-9)
+
+
+def test_the_inter_stack_roi_and_normalization_are_used():
+    # 2 kV and 4 kV slices agree outside a window; inside it 4 kV is offset by (2.35, -1.4)
+    big = _smooth((1, 112, 112), 13)[0]
+    s2 = np.stack([big[16:96, 16:96]] * 3).astype(np.float32)
+    s4 = s2.copy()
+    s4[:, 8:48, 8:48] = _shifted(big, (2.35, -1.4))[24:64, 24:64]
+    roi = (12, 44, 12, 44)
+    table = registration_shifts({2: s2, 4: s4}, roi=roi, intra=False, progress=False)
+    np.testing.assert_allclose(table[4.0], np.tile((-2.35, 1.4), (3, 1)), atol=0.1)
+    whole = registration_shifts({2: s2, 4: s4}, intra=False, progress=False)
+    assert np.abs(whole[4.0] - table[4.0]).max() > 1.0  # without the roi the agreeing part wins
+    noisy = s4 + np.random.default_rng(14).normal(0, 0.02, s4.shape).astype(np.float32)
+    plain = registration_shifts({2: s2, 4: noisy}, roi=roi, intra=False, progress=False)[4.0]
+    phase = registration_shifts({2: s2, 4: noisy}, roi=roi, intra=False, normalization="phase", progress=False)[4.0]
+    assert not np.allclose(plain, phase)  # phase correlation weighs the noise otherwise
+    drifting = _drifting(background_static=False, n=6, step=-3.0)
+    steps = slice_shifts(drifting, progress=False)
+    assert not np.allclose(steps, slice_shifts(drifting, normalization="phase", progress=False))
+
+
+def test_an_inter_stack_roi_that_drifts_out_names_the_slice():
+    stack = _drifting(background_static=False, n=6, step=-3.0)
+    with pytest.raises(ValueError, match=r"^slice \d: the roi \(2, 18, 20, 36\) has drifted out of the image"):
+        registration_shifts({2: stack, 4: stack.copy()}, roi=(2, 18, 20, 36), progress=False)
+
+
+def test_a_bad_stack_to_shift_is_named_by_its_channel():
+    with pytest.raises(ValueError, match=r"^4kV must be a \(z, y, x\) stack"):
+        apply_registration({4: np.zeros((32, 32), np.float32)}, {4: np.zeros((32, 2))}, progress=False)
