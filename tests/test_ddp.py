@@ -40,6 +40,7 @@ class RankProbe(pl.Callback):
         (Path(self.out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_ddp_cpu_trains_in_two_processes(tiny_dataset, tmp_path):
     overrides = FAST_TRAIN + [

@@ -84,6 +84,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="reuse_host_memory tunes glibc's malloc")
 def test_reuse_host_memory_reuses_freed_blocks_without_page_faults():

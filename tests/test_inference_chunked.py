@@ -300,6 +300,7 @@ if __name__ == "__main__":
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_sigkilled_process_resumes_to_identical_files(tmp_path):
     script = tmp_path / "predict_slowly.py"
@@ -663,6 +664,7 @@ print(json.dumps({"baseline": baseline, "peak": status("VmHWM"), "n_chunks": sum
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmRSS / VmHWM from /proc (Linux)")
 def test_reading_and_writing_do_not_grow_the_resident_memory_with_the_files(tmp_path):

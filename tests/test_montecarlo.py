@@ -31,6 +31,7 @@ def bulk():
     return {(el, v): bulk_backscatter(el, v, electrons=ELECTRONS[el], seed=1) for el in ELEMENTS for v in VOLTAGES}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("element", ELEMENTS)
 @pytest.mark.parametrize("voltage", VOLTAGES)
 def test_bulk_eta_within_10_percent_of_hunger_kuchler(bulk, element, voltage):
@@ -39,12 +40,14 @@ def test_bulk_eta_within_10_percent_of_hunger_kuchler(bulk, element, voltage):
     assert simulated == pytest.approx(reference, rel=0.10)
 
 
+@pytest.mark.slow
 def test_eta_rises_with_atomic_number(bulk):
     for voltage in VOLTAGES:
         etas = [bulk[el, voltage].eta for el in ELEMENTS]
         assert etas == sorted(etas), (voltage, etas)
 
 
+@pytest.mark.slow
 def test_penetration_grows_with_voltage_on_the_kanaya_okayama_scale(bulk):
     for element in ELEMENTS:
         depths = [bulk[element, v].mean_penetration_nm for v in VOLTAGES]

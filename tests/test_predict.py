@@ -38,6 +38,7 @@ def _copy_dataset(dataset: Path, to: Path) -> Path:
     return to
 
 
+@pytest.mark.slow
 def test_predict_writes_segmentation_report_and_sections(model_run, tiny_dataset, tmp_path):
     out = _predict(model_run, tiny_dataset, tmp_path / "out", tmp_path)
     segmentation, voxel = read_stack(out / "segmentation.tif")

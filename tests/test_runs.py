@@ -83,6 +83,7 @@ def test_voting_late_fusion_reports_the_checkpoint_of_lowest_validation_mp(singl
     assert list(weights.values()) == pytest.approx(best.net.voltage_weights(), abs=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.parametrize("branches", ["checkpoints", "two_stages"])
 def test_late_fusion_trains_under_ddp(branches, single_runs, tiny_dataset, tmp_path):
