@@ -411,3 +411,61 @@ def test_tortuosity_mean_path_is_the_mean_tau_times_the_straight_length(wave64):
     r = geodesic_tortuosity(wave64, phase=PORE, axis=2, voxel_size_nm=2.5)
     assert r["mean_path_nm"] == pytest.approx(r["mean"] * 63 * 2.5, rel=1e-12)
     assert r["std"] == pytest.approx(r["values"].std(), rel=1e-12) and r["std"] > 0
+
+
+def _brute_intrusion(pore: np.ndarray, r: float, inlet_face) -> float:
+    """Ball painting by hand (scipy's EDT, every centre's ball drawn explicitly): inlet_face is
+    (axis, index) of the face the centres must connect to, or None (no access limitation)."""
+    dt2 = np.rint(ndi.distance_transform_edt(pore) ** 2)
+    seeds = dt2 >= r * r
+    if inlet_face is not None:
+        lab, _ = ndi.label(seeds)
+        face = np.take(lab, inlet_face[1], axis=inlet_face[0])
+        seeds &= np.isin(lab, np.unique(face[face > 0]))
+    grid = np.stack(np.indices(pore.shape), axis=-1)
+    filled = np.zeros_like(pore)
+    for s in np.argwhere(seeds):
+        filled |= ((grid - s) ** 2).sum(-1) < dt2[tuple(s)]
+    return np.count_nonzero(filled & pore) / np.count_nonzero(pore)
+
+
+@pytest.mark.parametrize("shape", [(3, 14, 14), (14, 3, 14), (14, 14, 3)])
+def test_intrusion_of_thin_volumes_matches_brute_force(shape):
+    # a thin axis: balls reach across it (offsets up to n - 1 along it)
+    rng = np.random.default_rng(sum(shape))
+    pore = ndi.binary_opening(rng.random(shape) < 0.8, structure=np.ones((2, 2, 2)))
+    for r in (1.0, 1.5, 2.0):
+        for inlet, face in ((None, None), ("x1", (2, -1)), ("y0", (1, 0))):
+            assert intrusion_fraction(_label(pore), r, inlet=inlet)[r] == pytest.approx(
+                _brute_intrusion(pore, r, face), abs=1e-12), (r, inlet)
+
+
+def test_an_absent_phase_lists_up_to_ten_labels():
+    many = (np.arange(12 * 4 * 4).reshape(12, 4, 4) // 16).astype(np.uint8)  # labels 0..11
+    with pytest.raises(ValueError, match=r"phase 20 absent from the volume \(labels present: \[0, 1, 2, 3, 4, 5, 6, 7, "
+                                         r"8, 9, '\.\.\.'\]\)"):
+        geodesic_tortuosity(many, phase=20)
+    with pytest.raises(ValueError, match=r"\(labels present: \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]\)$"):
+        geodesic_tortuosity(many[:10], phase=20)
+
+
+@pytest.mark.parametrize("voxel, message", [
+    ([[1.0, 1.0, 1.0]], r"voxel_size_nm must be a number or \(z, y, x\) sizes, got \[\[1.0, 1.0, 1.0\]\]"),
+    ((1.0, 1.0), r"voxel_size_nm must be a number or \(z, y, x\) sizes, got \(1.0, 1.0\)"),
+    (0.0, r"voxel_size_nm must be finite and > 0, got \[0.0\]"),
+    ((1.0, 1.000005, 1.0), r"anisotropic voxel size \[1.0, 1.000005, 1.0\] nm \(z, y, x\): morphology needs cubic voxels"),
+])
+def test_voxel_sizes_are_one_cubic_size(voxel, message):
+    vol = np.zeros((4, 4, 4), np.uint8)
+    with pytest.raises(ValueError, match=message):
+        geodesic_tortuosity(vol, voxel_size_nm=voxel)
+    assert geodesic_tortuosity(vol, voxel_size_nm=(2, 2, 2.0000001))["straight_nm"] == pytest.approx(6.0)
+
+
+def test_intrusion_radii_are_checked_and_float_volumes_read():
+    vol = _sheets()
+    with pytest.raises(ValueError, match="^radii_nm must be a scalar or a 1-D sequence of radii$"):
+        intrusion_fraction(vol, [[1.0]])
+    with pytest.raises(ValueError, match="^radii_nm must be a scalar or a 1-D sequence of radii$"):
+        intrusion_fraction(vol, [])
+    assert intrusion_fraction(vol.astype(np.float32), [1])[1.0] == intrusion_fraction(vol, 1.0)[1.0] == 0.5
