@@ -214,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         print("running:", " ".join(command), flush=True)
         done = subprocess.run(command, cwd=ROOT)
         print(f"mutmut finished in {time.perf_counter() - started:.0f} s (exit {done.returncode})", flush=True)
+        if done.returncode != 0:
+            print("mutmut failed before testing the mutants (see its output above: usually a test that fails on the "
+                  "unmutated code, or fails only under mutmut; run it in mutants/ with MUTANT_UNDER_TEST=stats)",
+                  file=sys.stderr)
+            return done.returncode
     text = report(args.modules)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(text)
