@@ -122,7 +122,8 @@ def _function_source(source: str, name: str) -> list[str] | None:
 
 
 def load_equivalents(path: Path = EQUIVALENTS) -> list[dict]:
-    """Entries {module, function, mutant, reason}: `mutant` is the mutated line, stripped."""
+    """Entries {module, function, mutant, reason[, original]}: `mutant` is the mutated line,
+    stripped; `original`, the line it replaced, where the mutated line alone is ambiguous."""
     if not path.is_file():
         return []
     entries = yaml.safe_load(path.read_text()) or []
@@ -134,9 +135,13 @@ def load_equivalents(path: Path = EQUIVALENTS) -> list[dict]:
 
 
 def explain(module: str, mutant: Mutant, equivalents: list[dict]) -> str | None:
+    """The reason of the entry for this mutant: same module and function, its mutated line among
+    the added lines (and, when the entry gives one, its `original` line among the removed ones)."""
     added = [line[1:].strip() for line in mutant.diff if line.startswith("+")]
+    removed = [line[1:].strip() for line in mutant.diff if line.startswith("-")]
     for entry in equivalents:
-        if entry["module"] == module and entry["function"] == mutant.function and entry["mutant"].strip() in added:
+        if (entry["module"] == module and entry["function"] == mutant.function and entry["mutant"].strip() in added
+                and ("original" not in entry or entry["original"].strip() in removed)):
             return entry["reason"]
     return None
 

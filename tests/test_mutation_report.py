@@ -83,6 +83,14 @@ def test_kill_rate_counts_timeouts_as_caught_and_equivalents_apart(results):
     assert s["kill rate"] == pytest.approx(2 / 5) and s["kill rate without equivalents"] == pytest.approx(2 / 4)
 
 
+def test_an_entry_can_name_the_line_it_replaced():
+    mutant = mutation_report.Mutant("m", "survived", "f", diff=["-    x = f(a,", "-          b=2)", "+    x = f(a,", "+          )"])
+    entry = {"module": "physics", "function": "f", "mutant": ")", "reason": "r"}
+    assert mutation_report.explain("physics", mutant, [entry | {"original": "b=2)"}]) == "r"
+    assert mutation_report.explain("physics", mutant, [entry | {"original": "c=3)"}]) is None
+    assert mutation_report.explain("domain", mutant, [entry]) is None
+
+
 def test_the_equivalents_file_is_complete_and_matches_modules():
     entries = mutation_report.load_equivalents()
     assert entries and {e["module"] for e in entries} <= set(mutation_report.MODULES)
