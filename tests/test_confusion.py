@@ -258,3 +258,15 @@ def test_plot_draws_the_score():
     fig2, ax2 = m.plot(torch.tensor(12.5), ax=ax)  # a given value, on a given axis
     assert ax2 is ax and float(ax.lines[-1].get_ydata()[0]) == pytest.approx(12.5)
     assert ax.get_ylim()[0] <= 0.0 and ax.get_ylim()[1] >= 100.0  # the plot bounds: 0-100 %
+
+
+def test_single_pixels_empty_batches_and_python_floats():
+    one = confusion_matrix(np.array([1]), np.array([1]), 2)  # one pixel, right: every denominator is 1
+    assert misplaced_pixels(one) == 0.0 and misplaced_solid_pixels(one) == 0.0 and mean_dice_score(one) == 1.0
+    assert type(misplaced_pixels(one)) is float and type(mean_dice_score(one)) is float  # not numpy scalars
+    with pytest.raises(ValueError, match="target contains label 5"):
+        confusion_matrix(np.array([1]), np.array([5]), 2)  # a single pixel is range-checked too
+    m = MisplacedPixels(2, ignore_index=255)  # a batch whose pixels are all unlabelled adds nothing
+    m.update(torch.tensor([[1, 0]]), torch.tensor([[255, 255]]))
+    m.update(torch.tensor([[1, 0]]), torch.tensor([[1, 1]]))
+    assert m.compute().item() == pytest.approx(50.0)

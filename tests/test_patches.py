@@ -221,6 +221,7 @@ def test_defaults_are_64_pixel_patches_every_32_pixels_and_7_slices_in_25d():
     images = rng.random((1, 3, 128, 128)).astype(np.float64)  # float64 in, float32 out
     ds = PatchDataset(images, None, range(0, 3))
     assert len(ds) == 3 * 3 * 3  # 3 slices x starts 0, 32, 64 along y and x
+    assert sorted(set(ds.index[:, 1])) == sorted(set(ds.index[:, 2])) == [0, 32, 64]
     image, mask = ds[0]
     assert image.shape == (1, 64, 64) and image.dtype == torch.float32 and mask.dtype == torch.int64
     assert PatchDataset(images, None, range(0, 3), dims="2.5d")[0][0].shape == (7, 64, 64)

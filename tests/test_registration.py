@@ -232,12 +232,13 @@ def test_shifted_stack_reads_each_slice_shifted_as_apply_shifts_shifts_it():
 
 
 def test_shifted_stack_fills_with_the_median_of_sampled_slices():
-    # 40 slices of constant grey z: the median of 16 evenly spaced slices (0, 2.6, ..., 39 rounded)
-    stack = np.broadcast_to(np.arange(40, dtype=np.float32)[:, None, None], (40, 8, 8)).copy()
-    sampled = np.unique(np.linspace(0, 39, 16).round().astype(int))
+    # 40 slices of constant grey z^2: the median of 16 evenly spaced slices (0, 2.6, ..., 39 rounded)
+    stack = np.broadcast_to((np.arange(40, dtype=np.float32) ** 2)[:, None, None], (40, 8, 8)).copy()
+    sampled = np.unique(np.linspace(0, 39, 16).round().astype(int)) ** 2
     shifted = ShiftedStack(stack, np.tile([[0.0, 5.0]], (40, 1)))
     assert shifted.cval == pytest.approx(np.median(sampled))
     assert (shifted[39][:, :5] == shifted.cval).all()  # the grey shifted in from outside
+    assert shifted.cval == pytest.approx(382.5) and np.median(stack[:, 0, 0]) == 380.5  # not all 40 slices
     assert ShiftedStack(stack[:3], np.zeros((3, 2))).cval == pytest.approx(1.0)  # fewer than 16 slices: all
 
 
@@ -315,6 +316,19 @@ def test_a_missing_shift_file_says_what_was_expected(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nowhere.csv: no such shift file \(expected a CSV with columns "
                                                 r"channel, slice, dy, dx\)"):
         read_shifts_csv(tmp_path / "nowhere.csv")
+
+
+def test_the_fill_grey_strides_to_a_million_sampled_pixels():
+    # 16 slices of 250 x 1000 = 4.0 M pixels: a stride of exactly 2 brings them to 1 M. The pixels
+    # of even row and column are 100 but where both are multiples of 4: three quarters of what the
+    # stride 2 reads, 3/16 of all, none of what a stride 4 would read.
+    stack = np.zeros((16, 250, 1000), np.float32)
+    stack[:, ::2, ::2] = 100.0
+    stack[:, ::4, ::4] = 0.0
+    assert ShiftedStack(stack, np.zeros((16, 2))).cval == 100.0
+    assert np.median(stack) == 0.0  # read whole, it would be 0
+    assert ShiftedStack(stack.astype(np.float64), np.zeros((16, 2)))[3].dtype == np.float32  # slices as float32
+    assert ShiftedStack(stack.astype(np.float64), np.ones((16, 2)))[3].dtype == np.float32
 
 
 def test_the_fill_grey_comes_from_strided_pixels_of_large_slices():
@@ -603,3 +617,25 @@ def test_an_inter_stack_roi_that_drifts_out_names_the_slice():
 def test_a_bad_stack_to_shift_is_named_by_its_channel():
     with pytest.raises(ValueError, match=r"^4kV must be a \(z, y, x\) stack"):
         apply_registration({4: np.zeros((32, 32), np.float32)}, {4: np.zeros((32, 2))}, progress=False)
+
+
+def test_register_stacks_is_the_table_of_registration_shifts_applied(scene, capsys):
+    s2 = _fiducial_stack(scene)
+    s4 = _fiducial_stack(scene, offset=scene["offset"])
+    options = dict(roi=ROI, intra_roi=(20, 76, 20, 76), max_slices=5, normalization="phase", progress=False)
+    aligned, table = register_stacks({2: s2, 4: s4}, **options)
+    expected = registration_shifts({2: s2, 4: s4}, **options)
+    assert all(np.array_equal(table[c], expected[c]) for c in (2.0, 4.0))
+    again = apply_registration({2: s2, 4: s4}, expected, progress=False)
+    assert all(np.array_equal(aligned[c], again[c]) for c in (2.0, 4.0))
+    assert not np.array_equal(table[4.0], registration_shifts({2: s2, 4: s4}, progress=False)[4.0])
+    capsys.readouterr()
+    _, default = register_stacks({2: s2, 4: s4})  # defaults: 1/20 pixel, progress shown
+    np.testing.assert_allclose(default[2.0] * 20, np.round(default[2.0] * 20), atol=1e-9)
+    err = capsys.readouterr().err
+    assert "intra-stack" in err and re.search(r"(^|\r)shift: ", err)
+
+
+def test_an_empty_shift_table_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"shifts.csv: the shift table is empty$"):
+        write_shifts_csv(tmp_path / "shifts.csv", {})

@@ -256,3 +256,13 @@ def test_check_binary_names_the_labels_found():
         check_binary(direct(three))
     with pytest.raises(ValueError, match=r"^cubic-spline interpolation needs binary"):
         check_binary(direct(three), "cubic-spline interpolation")
+
+
+def test_grids_are_passed_on_and_small_grids_work():
+    t = [5.0, 10.0, 2.5, 7.5]
+    np.testing.assert_array_equal(reposition(_numbered(4), t, grid_nm=5.0).positions, [0, 1, 3, 4])  # 0, 5, 15, 17.5 nm
+    assert slice_positions(t)[0].tolist() == slice_positions(t, 2.5)[0].tolist() == [0, 2, 6, 7]  # default 2.5 nm
+    positions, n_grid = slice_positions([1.0, 1.0, 0.5], 0.5)  # below 1 nm: rows 0, 2, 4
+    assert positions.tolist() == [0, 2, 4] and n_grid == 5
+    shifted = reposition_standard(_numbered(4), [2.5, 5.0, 12.5, 10.0], collisions="shift")
+    assert shifted.method == "standard"
