@@ -463,7 +463,7 @@ def test_local_thickness_of_wide_phases_reaching_the_edges_matches_brute_force()
 def test_a_missing_phase_lists_the_labels_present():
     with pytest.raises(ValueError, match=r"phase 7 does not occur in the volume \(labels present: 0, 1, 2\)$"):
         anisotropy_report(np.arange(27).reshape(3, 3, 3) % 3, phase=7)
-    many = np.arange(12 * 4 * 4).reshape(12, 4, 4) // 16  # labels 0..11
+    many = np.arange(11 * 4 * 4).reshape(11, 4, 4) // 16  # labels 0..10: one more than is shown
     with pytest.raises(ValueError, match=r"\(labels present: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, \.\.\.\)$"):
         anisotropy_report(many, phase=20)
     ten = np.arange(10 * 4 * 4).reshape(10, 4, 4) // 16  # exactly ten labels: all shown, no "..."

@@ -639,3 +639,81 @@ def test_register_stacks_is_the_table_of_registration_shifts_applied(scene, caps
 def test_an_empty_shift_table_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"shifts.csv: the shift table is empty$"):
         write_shifts_csv(tmp_path / "shifts.csv", {})
+
+
+def test_registration_shifts_pass_the_intra_options_to_slice_shifts():
+    # the intra step is slice_shifts with the roi, precision and normalization asked for
+    stack = _drifting(background_static=True, n=5, step=1.5)
+    other = _drifting(background_static=True, n=5, seed=16, step=-1.0)
+    roi = (28, 52, 28, 52)
+    options = dict(intra_roi=roi, upsample_factor=4, normalization="phase", inter=False, progress=False)
+    table = registration_shifts({2: stack, 4: other}, **options)
+    expected = slice_shifts(stack, roi, 4, normalization="phase", progress=False)
+    assert all(np.array_equal(table[c], expected) for c in (2.0, 4.0))  # 4 kV drifts with 2 kV
+    np.testing.assert_allclose(table[2.0] * 4, np.round(table[2.0] * 4), atol=1e-9)  # the 1/4-pixel grid
+    each = registration_shifts({2: stack, 4: other}, intra="each", **options)
+    assert np.array_equal(each[2.0], expected)
+    assert np.array_equal(each[4.0], slice_shifts(other, roi, 4, normalization="phase", progress=False))
+    assert np.abs(each[4.0] - each[2.0]).max() > 1.0  # the two drifts really differ (+1.5 and -1.0 px per slice)
+    assert not np.array_equal(expected, slice_shifts(stack, roi, 4, progress=False))  # "phase" changes the result
+    default = registration_shifts({2: stack}, inter=False, progress=False)  # whole slices, 1/20 px, cross-correlation
+    assert np.array_equal(default[2.0], slice_shifts(stack, progress=False))
+
+
+def test_registration_shifts_show_progress_by_default(capsys):
+    stack = _smooth((3, 32, 32), 17)
+    registration_shifts({2: stack})
+    assert re.search(r"(^|\r)intra-stack: ", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("reference", ["previous", "first"])
+def test_the_roi_is_looked_for_where_the_drift_so_far_puts_it(reference):
+    # 4 px per slice inside a moving window over a static background: the roi must follow the
+    # drift found up to the slice before (a window one slice behind sees the static background)
+    stack = _drifting(background_static=True, n=6, step=4.0)
+    found = slice_shifts(stack, roi=(28, 52, 28, 52), reference=reference, progress=False)
+    np.testing.assert_allclose(np.diff(found[:, 0]), -4.0, atol=0.3)  # measured -3.75 and -4.0 per step
+    np.testing.assert_allclose(found[:, 1], 0.0, atol=0.3)
+
+
+def test_first_reference_uses_the_roi_and_the_normalization():
+    stack = _drifting(background_static=True)
+    roi = (28, 52, 28, 52)
+    first = slice_shifts(stack, roi=roi, reference="first", progress=False)
+    # with the roi every slice lands within 0.1 px of the truth (measured); without it the static
+    # background pulls it up to 0.5 px away
+    np.testing.assert_allclose(first[:, 0], -1.5 * np.arange(6), atol=0.25)
+    whole = slice_shifts(stack, reference="first", progress=False)
+    assert np.abs(whole[:, 0] + 1.5 * np.arange(6)).max() > 0.4
+    phase = slice_shifts(stack, roi=roi, reference="first", normalization="phase", progress=False)
+    assert not np.array_equal(phase, first)
+    drifting = _drifting(background_static=False, n=6, step=-3.0)
+    with pytest.raises(ValueError, match=r"^slice 5: the roi \(2, 26, 20, 44\) has drifted out of the image \(drift "
+                                         r"of about \(11, 0\) pixels\)"):
+        slice_shifts(drifting, roi=(2, 26, 20, 44), reference="first", progress=False)
+
+
+def test_other_fill_modes_shift_in_their_own_values():
+    stack = _smooth((2, 32, 32), 18) + 5.0  # median about 5: "constant" fills with it
+    zero = apply_shifts(stack, (3.0, 0.0), mode="grid-constant", progress=False)
+    np.testing.assert_allclose(zero[:, :2], 0.0, atol=1e-6)  # cval defaults to 0 for other modes
+    grey = apply_shifts(stack, (3.0, 0.0), progress=False)
+    np.testing.assert_allclose(grey[:, :2], np.median(stack), rtol=1e-6)
+    nearest = apply_shifts(stack, (3.0, 0.0), mode="nearest", progress=False)
+    np.testing.assert_allclose(nearest[:, 0], stack[:, 0], rtol=1e-6)  # the edge row repeated
+
+
+def test_a_label_stack_is_filled_with_its_most_frequent_label_not_its_median():
+    labels = np.zeros((2, 20, 20), np.uint8)  # 40 % label 0, 35 % label 1, 25 % label 2: the median is 1
+    labels[:, 8:15] = 1
+    labels[:, 15:] = 2
+    shifted = apply_shifts(labels, (0.0, 4.0), progress=False)
+    assert shifted.dtype == np.uint8
+    assert (shifted[:, :, :4] == 0).all() and (shifted[:, 15:, 4:] == 2).all()
+
+
+def test_every_channel_of_another_shape_is_named():
+    stack = _smooth((3, 32, 32), 19)
+    with pytest.raises(ValueError, match=r"stacks of different shapes \(z, y, x\): 1kV has 2 slices, 2kV has 3; "
+                                         r"4kV has 30 rows, 2kV has 32$"):
+        registration_shifts({1: stack[:2], 2: stack, 4: stack[:, :30]}, progress=False)
