@@ -1,6 +1,8 @@
 """Anisotropy metrics: directional S2 and lineal path against brute force, local thickness of
 known shapes, eq. (4) and (5) by hand, isotropic vs stretched leveled waves, input checks."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -440,7 +442,13 @@ def test_local_thickness_of_many_planes_painted_in_groups_equals_each_part_alone
     planes = np.zeros((120000, 8, 8), bool)
     for part in (slice(0, 30000), slice(90000, 120000)):
         planes[part] = ndi.binary_opening(rng.random((30000, 8, 8)) < 0.6, structure=np.ones((1, 2, 2)))
+    tracemalloc.start()
     whole = local_thickness_2d(planes)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # a guard on a measured value, no derivation: 184 MiB measured (numpy 2); a buffer over every
+    # plane instead of each group's (plane indices not made relative to the group) measured 614 MiB
+    assert peak < 300 * 2**20
     assert not whole[30000:90000].any()
     for part in (slice(0, 30000), slice(90000, 120000)):
         np.testing.assert_array_equal(whole[part], local_thickness_2d(planes[part]))

@@ -160,6 +160,9 @@ def test_results_are_float64_whatever_the_input_dtype():
     assert kanaya_okayama_range_nm(np.float32(79), 197, 19.3, np.float32(1.0)).dtype == np.float64
     # float32 would lose digits: eta of Au at 20 kV agrees with the float64 formula to 1e-12
     assert backscatter_coefficient(np.float32(79), np.float32(20.0)) == pytest.approx(0.48386884078123, rel=1e-12)
+    # the range too: E**1.67 in float32 would be off by about 1e-8
+    assert kanaya_okayama_range_nm(79, 196.97, 19.3, np.float32(20.0)) == pytest.approx(
+        1000 * 0.0276 * 196.97 * 20.0**1.67 / (79**0.889 * 19.3), rel=1e-12)
 
 
 def test_light_materials_below_one_gram_per_cm3_are_accepted():

@@ -565,6 +565,24 @@ def test_inter_stack_offsets_use_the_roi_and_every_slice_when_asked(scene):
         assert _max_error(table[4.0], scene["drift"] + scene["offset"]) < TOLERANCE
 
 
+
+@pytest.mark.parametrize("max_slices, expected", [(3, [0, 30, 59]), (None, list(range(60))), ("default", 50)])
+def test_the_inter_stack_offset_reads_max_slices_evenly_spaced_slices(max_slices, expected):
+    # a 60-slice stack: the inter step reads max_slices slices of the moving stack, evenly spaced
+    # (the default 50), or every one with max_slices=None
+    rng = np.random.default_rng(5)
+    plane = ndimage.gaussian_filter(rng.random((24, 24)), 2).astype(np.float32)
+    reference = np.repeat(plane[None], 60, axis=0)
+    moving = _Lazy(np.roll(reference, 2, axis=2))
+    options = {} if max_slices == "default" else {"max_slices": max_slices}
+    table = registration_shifts({2: reference, 4: moving}, intra=False, progress=False, **options)
+    np.testing.assert_allclose(table[4.0], -np.array([[0.0, 2.0]] * 60), atol=0.05)
+    if max_slices == "default":
+        assert len(moving.reads) == expected and moving.reads[:2] == [0, 1] and moving.reads[-1] == 59
+    else:
+        assert moving.reads == expected
+
+
 def test_a_roi_that_drifts_out_of_the_slice_is_refused():
     stack = _drifting(background_static=False, n=6, step=-3.0)  # the content moves up 3 px per slice
     with pytest.raises(ValueError, match=r"slice \d: the roi \(2, 18, 20, 36\) has drifted out of the image \(drift "
