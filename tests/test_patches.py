@@ -85,6 +85,14 @@ def test_context_indices_mirror_at_the_ends():
     assert context_indices(0, 7, 20).tolist() == [3, 2, 1, 0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("n_slices", [1, 2, 3])
+def test_context_indices_stay_inside_a_stack_thinner_than_the_context(n_slices):
+    # mirrored once at each end a 7-slice context still overhangs 1-3 slices: the ends repeat
+    for z in range(n_slices):
+        index = context_indices(z, 7, n_slices)
+        assert index[3] == z and index.min() >= 0 and index.max() <= n_slices - 1
+
+
 @pytest.mark.parametrize("k", [3, 5])
 def test_2p5d_channel_layout(k):
     images, labels = _volume(channels=3)

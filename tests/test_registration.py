@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from fibml.data import registration
 from fibml.data.registration import (
     ShiftedStack,
     apply_registration,
@@ -447,11 +448,34 @@ def test_shift_inputs_are_checked():
     ((0, 16, 20, 20), r"= \(0, 16, 20, 20\) does not lie inside"),
     ((0, 15, 0, 16), r"roi \(0, 15, 0, 16\) is 15 x 16 pixels: give at least 16 x 16"),
     ((10, 26, 30, 45), r"roi \(10, 26, 30, 45\) is 16 x 15 pixels: give at least 16 x 16"),
+    ((17, 32, 0, 16), r"roi \(17, 32, 0, 16\) is 15 x 16 pixels: give at least 16 x 16"),  # the height, not y1
     ((0, 16, 0), r"roi must be \(y0, y1, x0, x1\) pixels, got \(0, 16, 0\)"),
 ])
 def test_rois_must_lie_inside_and_be_large_enough(roi, message):
     with pytest.raises(ValueError, match=message):
         slice_shifts(np.zeros((2, 32, 48), np.float32), roi=roi, progress=False)
+
+
+@pytest.mark.parametrize("reference", ["previous", "first"])
+def test_slice_shifts_read_each_slice_once(reference):
+    lazy = _Lazy(_drifting(background_static=False, n=5))
+    slice_shifts(lazy, reference=reference, progress=False)
+    assert lazy.reads == list(range(5))
+
+
+@pytest.mark.parametrize("normalization", [None, "phase"])
+def test_every_correlation_uses_the_normalization_asked_for(monkeypatch, normalization):
+    # both passes of every slice (the estimate and the refinement on the recentred window)
+    calls = []
+    real = registration.phase_cross_correlation
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("normalization", "skimage's default"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registration, "phase_cross_correlation", spy)
+    slice_shifts(_drifting(background_static=False, n=4, step=2.5), normalization=normalization, progress=False)
+    assert len(calls) > 3 and set(calls) == {normalization}  # 3 slices, and some refined on a second pass
 
 
 def test_rois_at_the_edges_and_of_the_smallest_size_are_accepted():

@@ -67,6 +67,12 @@ def test_identity_reproduces_the_input_without_seams():
     torch.testing.assert_close(out, x, rtol=0, atol=1e-6)
 
 
+def test_an_image_smaller_than_the_window_is_padded_and_cropped_back():
+    # 13 x 11 under a 16 x 16 window: 3 and 5 rows and columns of padding, split unevenly
+    x = torch.rand((1, 2, 13, 11), generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(sliding_window(x, (16, 16), lambda w: w, 4, 0.5), x, rtol=0, atol=1e-6)
+
+
 def test_reruns_and_batch_sizes_give_the_same_bits():
     """The blending adds each voxel's contributions in a fixed order: reruns and other batch
     sizes give the same bits (with a per-pixel predictor; a conv net's own rounding may
@@ -109,13 +115,18 @@ def test_window_groups_partition_monai_windows_without_overlap(size, patch, over
         assert count == 1 or step >= patch
 
 
-@pytest.mark.parametrize(("counts", "sw"), [((5, 7), 10), ((5, 7), 3), ((5, 7), 100), ((3, 4, 5), 7), ((1,), 1)])
-def test_batch_blocks_cover_the_grid_once(counts, sw):
+@pytest.mark.parametrize(("counts", "sw", "n_blocks"), [((5, 7), 10, 5), ((5, 7), 3, 15), ((5, 7), 100, 1),
+                                                     ((3, 4, 5), 7, 12), ((1,), 1, 1), ((3, 2, 2), 8, 2)])
+def test_batch_blocks_cover_the_grid_once(counts, sw, n_blocks):
     hits = np.zeros(counts, dtype=int)
-    for block in batch_blocks(counts, sw):
+    blocks = batch_blocks(counts, sw)
+    for block in blocks:
         assert 1 <= hits[block].size <= max(sw, 1)
         hits[block] += 1
     assert (hits == 1).all()
+    # as few blocks as whole trailing axes allow, by hand: (5, 7) by 10 is 5 rows of 7; by 3, 5 x 3
+    # pieces of a row; (3, 4, 5) by 7: 12 rows of 5; (3, 2, 2) by 8: two 2 x 2 planes, then one
+    assert len(blocks) == n_blocks
 
 
 def test_bad_arguments_are_refused():
@@ -126,6 +137,17 @@ def test_bad_arguments_are_refused():
         sliding_window(x, (4, 4), lambda w: w, 1, overlap=1.0)
     with pytest.raises(ValueError, match="expected"):
         sliding_window(x, (4, 4), lambda w: w[:, :, :2], 1)
+    with pytest.raises(ValueError, match=r"^sw_batch_size must be >= 1, got 0$"):
+        sliding_window(x, (4, 4), lambda w: w, 0)
+
+
+def test_the_output_keeps_a_float64_predictors_precision():
+    # probabilities are accumulated in the predictor's dtype, at least float32
+    x = torch.rand((1, 2, 40, 36), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    out = sliding_window(x, (16, 16), lambda w: w, 4, 0.5)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-6)  # the weights' sum is float32: 1e-7 relative
+    assert sliding_window(x.float(), (16, 16), lambda w: w.to(torch.bfloat16), 4, 0.5).dtype == torch.float32
 
 
 @pytest.mark.parametrize("n_classes", [1, 2, 3, 5])
