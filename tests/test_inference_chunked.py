@@ -185,6 +185,22 @@ def test_3d_blocks_see_exactly_monais_whole_volume_windows():
                 )
 
 
+
+def test_3d_block_halos_by_hand():
+    # the module docstring's halos, worked by hand. 31 voxels, patch 8, overlap 0.25: stride 6,
+    # cores of 6; a core [a, b) is read from a - 6 (the first grid window reaching it starts
+    # 6 * floor(7 / 6) before it), but not past the last grid start 18 that holds a patch, to
+    # b - 6 + 8 (the last grid window starting in the core), or to the end when b + 8 > 31
+    assert axis_blocks(31, 8, 0.25, 6) == [(0, 6, 0, 8), (6, 12, 0, 14), (12, 18, 6, 20), (18, 24, 12, 31),
+                                           (24, 30, 18, 31), (30, 31, 18, 31)]
+    # 20 voxels, patch 8, overlap 0.5: stride 4, halos of 4 before (4 * floor(7 / 4)) and 4 after;
+    # [8, 12) ends exactly a patch before the end, so it still stops at 12 - 4 + 8 = 16
+    assert axis_blocks(20, 8, 0.5, 4) == [(0, 4, 0, 8), (4, 8, 0, 12), (8, 12, 4, 16), (12, 16, 8, 20),
+                                          (16, 20, 12, 20)]
+    # an axis no longer than a patch is one block, read whole
+    assert axis_blocks(6, 8, 0.25, 1) == [(0, 6, 0, 6)] and axis_blocks(8, 8, 0.25, 1) == [(0, 8, 0, 8)]
+
+
 def test_slice_chunks_are_runs_of_whole_slices():
     chunks, chunking = plan_chunks((10, 32, 48), "2.5d", (16, 16), 0.25, 4, None)
     assert chunking == [4] and [c.index for c in chunks] == [0, 1, 2]

@@ -369,6 +369,14 @@ def test_bottleneck_radius_is_the_largest_radius_filling_the_fraction(wave64):
         k_exact = expected
         exact = characteristic_bottleneck_radius(wave, inlet=inlet, fraction=fills[k_exact])
         assert exact == pytest.approx(math.sqrt(k_exact), rel=1e-12)
+    # every threshold the fills cross (a 24^3 corner, inlet z0): each fraction that some radius
+    # fills exactly gives the largest such radius, wherever the bisection's steps land
+    corner = wave64[:24, :24, :24]
+    fills = dict(zip(range(1, k_max + 1), intrusion_fraction(corner, radii, inlet="z0").values()))
+    for fraction in sorted(set(fills.values()) - {0.0}):
+        expected = max(k for k, f in fills.items() if f >= fraction)
+        found = characteristic_bottleneck_radius(corner, inlet="z0", fraction=fraction)
+        assert found == pytest.approx(math.sqrt(expected), rel=1e-12), fraction
 
 
 def test_constrictivity_uses_its_inlet(throat):
