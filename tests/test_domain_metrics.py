@@ -180,6 +180,11 @@ def test_jensen_shannon_divergence_by_hand():
     divergence = 0.5 * kl(p, m) + 0.5 * kl(q, m)  # = 0.5 here
     assert histogram_distance(a, b, bins=4, metric="jensen_shannon") == pytest.approx(divergence, rel=1e-12)
     assert divergence == pytest.approx(0.5)
+    # exactly `bins` bins: in 2 bins over [0, 3] both are two low and two high pixels (identical),
+    # in 3 they differ
+    flat, split = np.array([[0.0, 1.0, 2.0, 3.0]]), np.array([[0.0, 0.0, 3.0, 3.0]])
+    assert histogram_distance(flat, split, bins=2, metric="jensen_shannon") == 0.0
+    assert histogram_distance(flat, split, bins=3, metric="jensen_shannon") > 0.1
     # the default is 256 bins, and constant images (no range) are identical or not
     pixels = np.random.default_rng(1).random((2, 16, 16))
     other = pixels**2

@@ -396,6 +396,7 @@ def test_what_shifts_in_is_a_neutral_value_of_the_stack():
     (np.zeros((0, 32, 32), np.float32), r"stack must be a \(z, y, x\) stack, got an array of shape \(0, 32, 32\)"),
     (np.full((2, 32, 32), "a"), r"stack must hold numbers, got dtype <U1"),
     (np.array([[[np.nan, np.inf, 0.0]]] * 2), r"stack holds 4 NaN or inf pixels"),
+    (np.array([[[np.nan, 1.0, 0.0]]] * 2, np.float32), r"stack holds 2 NaN or inf pixels"),  # float32 too
 ])
 def test_bad_stacks_are_named(bad, message):
     with pytest.raises(ValueError, match=message):
