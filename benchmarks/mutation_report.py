@@ -12,6 +12,8 @@ e.g. a dtype that numpy would choose anyway).
     python benchmarks/mutation_report.py                    # every module (about 1 h on 2 cores)
     python benchmarks/mutation_report.py --modules physics  # one or several (names below)
     python benchmarks/mutation_report.py --no-run           # the report of the last results
+    python benchmarks/mutation_report.py --survivors        # rerun only the unexplained survivors
+                                                            # of the last results (after new tests)
 
 Not part of CI (too slow on 2 cores). The report goes to mutants/report.md (and stdout); the
 figures belong, dated, in benchmarks/RESULTS.md. Run it from the repository root.
@@ -203,15 +205,30 @@ def report(modules: list[str], root: Path = ROOT) -> str:
     return "## Mutation testing\n\n" + head + "\n".join(rows) + "\n" + "".join(details)
 
 
+def open_survivors(modules: list[str], root: Path = ROOT, equivalents: list[dict] | None = None) -> list[str]:
+    """Names of the mutants of the last results that survived (or had no test) unexplained:
+    what new tests should kill. mutmut reruns the mutants it is given by name, and the rest of
+    its results stand (a killed mutant stays killed by stronger tests)."""
+    equivalents = load_equivalents() if equivalents is None else equivalents
+    return [m.name for module in modules for m in collect(module, root, equivalents)
+            if m.status in ("survived", "no tests") and m.reason is None]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modules", nargs="+", choices=sorted(MODULES), default=list(MODULES))
     parser.add_argument("--no-run", action="store_true", help="only report the results mutmut left in mutants/")
+    parser.add_argument("--survivors", action="store_true",
+                        help="rerun only the unexplained survivors of the last results in mutants/")
     parser.add_argument("--max-children", type=int, default=None, help="parallel mutants (default: the CPU count)")
     parser.add_argument("--report", type=Path, default=ROOT / "mutants" / "report.md")
     args = parser.parse_args(argv)
-    if not args.no_run:
-        patterns = [p for m in args.modules for p in MODULES[m][1]]
+    patterns = [] if args.no_run else [p for m in args.modules for p in MODULES[m][1]]
+    if patterns and args.survivors:
+        patterns = open_survivors(args.modules)
+        if not patterns:
+            print("no unexplained survivors to rerun")
+    if patterns:
         command = [sys.executable, "-m", "mutmut", "run", *patterns]
         if args.max_children:
             command[4:4] = ["--max-children", str(args.max_children)]

@@ -83,6 +83,13 @@ def test_kill_rate_counts_timeouts_as_caught_and_equivalents_apart(results):
     assert s["kill rate"] == pytest.approx(2 / 5) and s["kill rate without equivalents"] == pytest.approx(2 / 4)
 
 
+def test_the_survivors_to_rerun_are_the_unexplained_ones(results):
+    equivalents = [{"module": "physics", "function": "double", "mutant": "return value * 3", "reason": "test"}]
+    assert mutation_report.open_survivors(["physics"], results, equivalents) == [
+        "fibml.synth.physics.x_other__mutmut_1", "fibml.synth.physics.xǁMaterialǁscale__mutmut_1"]
+    assert mutation_report.open_survivors(["imaging"], results, equivalents) == []  # no results for it
+
+
 def test_an_entry_can_name_the_line_it_replaced():
     mutant = mutation_report.Mutant("m", "survived", "f", diff=["-    x = f(a,", "-          b=2)", "+    x = f(a,", "+          )"])
     entry = {"module": "physics", "function": "f", "mutant": ")", "reason": "r"}
