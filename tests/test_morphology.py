@@ -437,7 +437,7 @@ def _brute_intrusion(pore: np.ndarray, r: float, inlet_face) -> float:
     return np.count_nonzero(filled & pore) / np.count_nonzero(pore)
 
 
-@pytest.mark.parametrize("shape", [(3, 14, 14), (14, 3, 14), (14, 14, 3)])
+@pytest.mark.parametrize("shape", [(3, 14, 14), (14, 3, 14), (14, 14, 3), (2, 14, 14), (14, 14, 2)])
 def test_intrusion_of_thin_volumes_matches_brute_force(shape):
     # a thin axis: balls reach across it (offsets up to n - 1 along it)
     rng = np.random.default_rng(sum(shape))
@@ -448,11 +448,23 @@ def test_intrusion_of_thin_volumes_matches_brute_force(shape):
                 _brute_intrusion(pore, r, face), abs=1e-12), (r, inlet)
 
 
+def test_intrusion_reaches_across_a_whole_thin_axis():
+    # 3 slices, 90 % pore: some voxels are reached only by balls centred on the opposite face
+    # (an offset of n - 1 along the thin axis); found by searching seeds, checked by brute force
+    pore = ndi.binary_opening(np.random.default_rng(0).random((3, 12, 12)) < 0.9, structure=np.ones((2, 2, 2)))
+    for r in (1.5, 2.0):
+        for inlet, face in ((None, None), ("z0", (0, 0))):
+            assert intrusion_fraction(_label(pore), r, inlet=inlet)[r] == pytest.approx(
+                _brute_intrusion(pore, r, face), abs=1e-12), (r, inlet)
+
+
 def test_an_absent_phase_lists_up_to_ten_labels():
     many = (np.arange(12 * 4 * 4).reshape(12, 4, 4) // 16).astype(np.uint8)  # labels 0..11
     with pytest.raises(ValueError, match=r"phase 20 absent from the volume \(labels present: \[0, 1, 2, 3, 4, 5, 6, 7, "
                                          r"8, 9, '\.\.\.'\]\)"):
         geodesic_tortuosity(many, phase=20)
+    with pytest.raises(ValueError, match=r"\(labels present: \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, '\.\.\.'\]\)$"):
+        geodesic_tortuosity(many[:11], phase=20)  # 11 labels: one more than shown
     with pytest.raises(ValueError, match=r"\(labels present: \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]\)$"):
         geodesic_tortuosity(many[:10], phase=20)
 
