@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from fibml.data.transforms import stack_percentiles
     from fibml.inference import NormalizedStack, predict_to_disk
-    from fibml.io import open_stack, stack_percentiles, write_stack
+    from fibml.io import open_stack, write_stack
 
     def predictor(x: torch.Tensor) -> torch.Tensor:  # two classes from the mean grey value
         solid = torch.sigmoid(8 * (x.mean(1, keepdim=True) - 0.5))

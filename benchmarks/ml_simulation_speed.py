@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> float:
 def _generator(checkpoint: str | None) -> torch.nn.Module:
     if checkpoint is None:
         return UNetGenerator(features=(32, 64, 128, 256))
-    from fibml.workflows import load_model, resolve_checkpoint
+    from fibml.checkpoints import load_model, resolve_checkpoint
 
     model, _ = load_model(resolve_checkpoint(checkpoint))
     return model.generator_ab

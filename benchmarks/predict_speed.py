@@ -95,9 +95,8 @@ def fresh_checkpoint(path: Path, overrides: Sequence[str] = ()) -> Path:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from fibml.callbacks import CONFIG_KEY
+    from fibml.checkpoints import CONFIG_KEY, build_model
     from fibml.config import CONFIG_DIR, register_resolvers
-    from fibml.workflows import build_model
 
     register_resolvers()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):

@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from fibml.channels import channel_key
+from fibml.checkpoints import load_model, resolve_checkpoint
 from fibml.data.transforms import normalize_channels
 from fibml.inference import resolve_device
 from fibml.io import read_dataset
 from fibml.metrics.confusion import confusion_matrix, misplaced_pixels, misplaced_solid_pixels
-from fibml.workflows import _data_settings, _predict, load_model, resolve_checkpoint
+from fibml.workflows import _data_settings, _predict
 
 
 def solid_probability(run: Path, dataset, device, sw_batch_size: int) -> tuple[np.ndarray, str]:

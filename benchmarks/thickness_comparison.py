@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from fibml.metrics.confusion import segmentation_scores
+from fibml.metrics.table import anisotropy_columns
 from fibml.reconstruct.pipeline import CASES, reconstruct_stack
 from fibml.synth.microstructure import hierarchical_leveled_wave
 from fibml.synth.thickness import mimic_stack, sample_thicknesses, slices_that_fit
-from fibml.workflows import anisotropy_columns
 
 # the embedded generator's structure (configs/generator/hnpg_small.yaml)
 STRUCTURE = {"coarse_wavelength_nm": 200.0, "fine_wavelength_nm": 60.0, "coarse_solid_fraction": 0.35,

@@ -58,8 +58,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from fibml.checkpoints import build_model
 from fibml.config import CONFIG_DIR, register_resolvers
-from fibml.workflows import build_model
 
 EXPERIMENTS = ["late_fusion", "late_fusion_25d", "late_fusion_3d"]
 TARGET_RATIO = 3.0  # the loader should deliver at least this many times the patches the step consumes

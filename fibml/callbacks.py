@@ -6,17 +6,16 @@ from collections.abc import Mapping
 
 import pytorch_lightning as pl
 
-__all__ = ["CONFIG_KEY", "LOGGERS_KEY", "EmbedRunConfig"]
+from fibml.checkpoints import CONFIG_KEY, LOGGERS_KEY
 
-CONFIG_KEY = "fibml_config"
-LOGGERS_KEY = "fibml_loggers"  # logger class name -> run id / version (a resumed run continues the wandb one)
+__all__ = ["EmbedRunConfig"]
 
 
 class EmbedRunConfig(pl.Callback):
     """Store the run's resolved config in every checkpoint, so evaluate.py and predict.py
     rebuild exactly the trained model (and its data settings) wherever the file goes; and the
     loggers' run ids, so that `ckpt_path=...` continues the same wandb run (a CSV log gets a new
-    version per launch: see fibml.workflows._prepare_resume)."""
+    version per launch: see fibml.checkpoints.prepare_resume)."""
 
     def __init__(self, config: Mapping):
         self.config = dict(config)

@@ -149,7 +149,7 @@ class NormalizedStack:
     """A slice source scaled like normalize_stack: `[z]` is slice z as float32 with lo..hi
     mapped to 0..1, clipped.
 
-    stack: a (z, y, x) LazyStack or array. lo, hi: as fibml.io.stack_percentiles returns them;
+    stack: a (z, y, x) LazyStack or array. lo, hi: as fibml.data.transforms.stack_percentiles returns them;
     then every slice equals the same slice of normalize_stack(whole stack) exactly. Picklable
     when the stack is (a LazyStack is), so it can be sent to worker processes.
     """

@@ -15,8 +15,8 @@ renamed into place, so an interrupted run leaves nothing half-written.
 Lazy stacks. A real acquisition (3 voltages x 316 slices x 3072 x 2048) does not fit in memory
 as float32; `open_stack` opens a TIFF without reading its pixels and checks that it is complete
 (a truncated copy is refused before hours of prediction), `LazyStack` reads slices on demand,
-`open_dataset_stacks` opens a dataset folder that way and `stack_percentiles` computes the
-normalisation range from a bounded sub-sample. Results too large for memory are written piece
+`open_dataset_stacks` opens a dataset folder that way (fibml.data.transforms.stack_percentiles
+computes the normalisation range of such a stack from a bounded sub-sample). Results too large for memory are written piece
 by piece: `create_stack_file` creates an ImageJ TIFF of zeros (laid out like write_stack's) and
 returns a `StackFile` that writes slices or 3D blocks into it. Neither reads nor writes go
 through memory maps (whose pages count in the process's resident memory, up to the size of
@@ -46,6 +46,7 @@ import tifffile
 
 import fibml
 from fibml.channels import _CHANNEL_RE, Channel, channel_key, channel_label
+from fibml.geometry import check_thicknesses
 
 __all__ = [
     "Dataset",
@@ -64,7 +65,6 @@ __all__ = [
     "read_stack",
     "read_thickness_csv",
     "stack_name",
-    "stack_percentiles",
     "write_dataset",
     "write_json",
     "write_stack",
@@ -466,9 +466,6 @@ def write_dataset(
         if labels is not None:
             write_stack(tmp / LABELS, np.asarray(labels).astype(np.uint8), voxel)
         if thickness_nm is not None:
-            # imported here: fibml.synth imports fibml.io
-            from fibml.synth.thickness import check_thicknesses
-
             write_thickness_csv(tmp / THICKNESS, check_thicknesses(thickness_nm, n_slices=reference[0], where=THICKNESS))
         for name, (array, extra_voxel) in (extra_stacks or {}).items():
             write_stack(tmp / name, array, extra_voxel)
@@ -499,9 +496,6 @@ def write_thickness_csv(
     """Write slice thicknesses (nm) as a CSV with header `slice,thickness_nm[,extra...]`, one
     row per slice (slice = 0, 1, ...), atomically. extra_columns: more per-slice columns (e.g.
     z_nm), each as long as thicknesses_nm."""
-    # imported here: fibml.synth imports fibml.io
-    from fibml.synth.thickness import check_thicknesses
-
     path = Path(path)
     t = check_thicknesses(thicknesses_nm, where=str(path))
     extra = {str(k): list(v) for k, v in dict(extra_columns or {}).items()}
@@ -525,9 +519,6 @@ def read_thickness_csv(path: str | Path, n_slices: int | None = None) -> np.ndar
     number (else the row), finite and positive (else the slice); a `slice` column, if present,
     counts 0, 1, 2, ...; there are n_slices rows when n_slices is given.
     """
-    # imported here: fibml.synth imports fibml.io
-    from fibml.synth.thickness import check_thicknesses
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such thickness file (expected a CSV with a thickness_nm column)")
@@ -756,7 +747,7 @@ def open_stack(path: str | Path) -> LazyStack:
     lie inside the file (a truncated copy is refused here, not hours into a prediction).
 
     Raises FileNotFoundError / ValueError naming the file and saying what was expected. NaN
-    and inf pixels are not looked for here (that needs every pixel; stack_percentiles checks
+    and inf pixels are not looked for here (that needs every pixel; fibml.data.transforms.stack_percentiles checks
     the slices it samples).
     """
     path = Path(path)
@@ -818,33 +809,6 @@ def open_dataset_stacks(
             )
     voxel = _dataset_voxel_size(folder, manifest, [s.voxel_size_nm for s in stacks.values()])
     return stacks, voxel
-
-
-def stack_percentiles(stack, low: float = 0.5, high: float = 99.5, max_values: int = 2**24) -> tuple:
-    """The (low, high) percentiles normalize_stack scales a stack by, read lazily.
-
-    stack: anything with .shape (z, y, x) whose [z] gives a slice (a LazyStack, an array).
-    The same slices as normalize_stack are sampled (every max(1, z // 64)-th); when they hold
-    more than max_values pixels, rows and columns are strided too (every r-th, the smallest r
-    that fits), so memory stays near 4 * max_values bytes. Without striding the result equals
-    normalize_stack's exactly (one shared helper computes both). ValueError, naming the stack,
-    when the sample has NaN / inf pixels or no contrast.
-    """
-    # imported here: fibml.data.transforms imports torch, fibml.io stays light
-    from fibml.data.transforms import percentile_range, percentile_step
-
-    n_z, n_y, n_x = stack.shape
-    zs = range(0, n_z, percentile_step(n_z))
-    stride = 1
-    while len(zs) * (-(-n_y // stride)) * (-(-n_x // stride)) > max_values:
-        stride += 1
-    sample = np.empty((len(zs), -(-n_y // stride), -(-n_x // stride)), dtype=np.float32)
-    for i, z in enumerate(zs):
-        sample[i] = stack[z][::stride, ::stride]
-    what = str(getattr(stack, "path", "stack"))
-    if not np.isfinite(sample).all():
-        raise ValueError(f"{what}: stack contains {np.count_nonzero(~np.isfinite(sample))} NaN or inf pixels")
-    return percentile_range(sample, low, high, what=what)
 
 
 def _incomplete(tif: tifffile.TiffFile, series, size: int) -> str | None:

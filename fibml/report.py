@@ -309,7 +309,7 @@ def prediction_report(out_dir: str | Path, segmentation_path: str | Path, image,
     image: a slice source of the input ((z, y, x) .shape and [z]); info: prediction.json's
     fields so far. Returns the fields to add to it."""
     from fibml.io import open_stack
-    from fibml.workflows import anisotropy_columns
+    from fibml.metrics.table import anisotropy_columns
 
     out_dir = Path(out_dir)
     voxel = tuple(float(v) for v in voxel_size_nm) if voxel_size_nm else (1.0, 1.0, 1.0)

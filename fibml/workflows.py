@@ -18,11 +18,19 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from fibml.callbacks import CONFIG_KEY, LOGGERS_KEY, EmbedRunConfig
+from fibml.callbacks import EmbedRunConfig
 from fibml.channels import channel_key, channel_label
+from fibml.checkpoints import (
+    adopt_branch_checkpoints,
+    build_model,
+    load_branches,
+    load_model,
+    prepare_resume,
+    resolve_checkpoint,
+)
 from fibml.config import register_resolvers
 from fibml.data.transforms import normalize_channels
 from fibml.inference import PredictorFactory, predict_volume, resolve_device
@@ -36,7 +44,14 @@ from fibml.io import (
     write_json,
     write_stack,
 )
-from fibml.metrics.confusion import segmentation_scores
+from fibml.metrics.table import (
+    ANISOTROPY,
+    MORPHOLOGY,
+    anisotropy_columns,
+    morphology_columns,
+    morphology_settings,
+    score_row,
+)
 from fibml.report import (
     save_comparison,
     save_importances,
@@ -63,12 +78,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     register_resolvers()
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    resume = _prepare_resume(cfg) if cfg.get("ckpt_path") else None
-    branches = _adopt_branch_checkpoints(cfg) if cfg.model.get("branch_ckpts") else None
+    resume = prepare_resume(cfg) if cfg.get("ckpt_path") else None
+    branches = adopt_branch_checkpoints(cfg) if cfg.model.get("branch_ckpts") else None
     datamodule = instantiate(cfg.data)
     model = build_model(cfg.model)
     if branches:
-        _load_branches(model, branches)
+        load_branches(model, branches)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_config.pop("hydra", None)
     callbacks = _instantiate_group(cfg.get("callbacks")) + [EmbedRunConfig(run_config)]
@@ -474,101 +489,6 @@ def _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predi
     return row, prediction
 
 
-def score_row(name: str, split: str, z: range, prediction: np.ndarray, truth: np.ndarray, n_classes: int,
-               voxel_size_nm=None, curves: dict | None = None, phases: list[str] | None = None,
-               morphology: Mapping | None = None) -> dict:
-    """MP / MGP / MDS / awe and the IoU of each phase against the truth, and the anisotropy
-    errors (eq. 4, 5) of the prediction alone: the numbers a user can also get for real data
-    without ground truth. The S2 curves go into ``curves[name]`` when a dict is given (for tpcf.png).
-    With ``morphology`` (settings from morphology_settings), also the prediction's tortuosity and
-    constrictivity (morphology_columns)."""
-    row = {"method": name, "split": f"{split} (z {z.start}-{z.stop - 1})"}
-    if truth is not None:
-        n_classes = max(n_classes, int(truth.max(initial=0)) + 1, int(prediction.max(initial=0)) + 1)
-        names = phases or []
-        names = [names[i] if i < len(names) else ("pore", "solid")[i] if i < 2 else f"phase {i}" for i in range(n_classes)]
-        scores = segmentation_scores(prediction, truth, n_classes=n_classes)
-        row |= {"MP %": scores["mp"], "MGP %": scores["mgp"], "MDS": scores["mds"], "awe %": scores["awe"]}
-        row |= {f"IoU {phase}": iou for phase, iou in zip(names, scores["iou"])}
-    row["solid fraction"] = float((prediction == 1).mean())
-    if truth is not None:
-        row["solid fraction (GT)"] = float((truth == 1).mean())
-    aniso = anisotropy_columns(prediction, voxel_size_nm, with_curves=True)
-    if curves is not None and aniso["curves"] is not None:
-        curves[name] = aniso["curves"]
-    row |= {key: aniso[key] for key in ANISOTROPY}
-    if morphology:
-        row |= morphology_columns(prediction, voxel_size_nm, **morphology)
-    return row
-
-
-ANISOTROPY = {"e_TPCF": "e_tpcf", "e_LPF": "e_lpf", "e_D": "e_d"}
-
-
-def anisotropy_columns(volume: np.ndarray, voxel_size_nm=None, with_curves: bool = False) -> dict:
-    """e_TPCF, e_LPF, e_D of the solid (label 1) of a segmented volume; NaN where they are
-    undefined (no solid, or a single slice). Anisotropic voxels are resampled to the finest
-    size first (nearest neighbour), as the papers evaluate isotropic grids."""
-    from fibml.metrics.anisotropy import anisotropy_report
-
-    voxel = tuple(float(v) for v in voxel_size_nm) if voxel_size_nm is not None else (1.0, 1.0, 1.0)
-    if max(voxel) > min(voxel) * 1.001:
-        log.info("anisotropy errors on a grid resampled from %s nm voxels to %.3g nm", voxel, min(voxel))
-    try:
-        report = anisotropy_report(volume.astype(np.uint8), voxel, phase=1, resample=True)
-    except ValueError as error:  # no solid voxel, or too thin for a curve: nothing to measure
-        log.warning("anisotropy errors not computed: %s", error)
-        return {key: float("nan") for key in ANISOTROPY} | ({"curves": None} if with_curves else {})
-    columns = {key: float(report[source]) for key, source in ANISOTROPY.items()}
-    return columns | ({"curves": report["curves"]} if with_curves else {})
-
-
-AXES = "zyx"
-MORPHOLOGY = [f"tau {a}" for a in AXES] + ["beta"]
-
-
-def morphology_settings(node) -> dict | None:
-    """evaluate.yaml's ``morphology`` node as keyword arguments of morphology_columns, or None when off."""
-    from fibml.metrics.morphology import INLETS
-
-    if not node or not node.get("enabled", False):
-        return None
-    axes = [str(a) for a in _as_list(node.get("axes", list(AXES)))]
-    unknown = [a for a in axes if a not in AXES]
-    if unknown or not axes:
-        raise ValueError(f"morphology.axes must name some of z, y, x, got {axes}")
-    inlet = node.get("inlet", "z0")
-    if inlet is not None and str(inlet) not in INLETS:
-        raise ValueError(f"morphology.inlet must be one of {', '.join(INLETS)} or null, got {inlet!r}")
-    return {"phase": int(node.get("phase", 0)), "axes": axes, "inlet": None if inlet is None else str(inlet)}
-
-
-def morphology_columns(volume: np.ndarray, voxel_size_nm=None, phase: int = 0, axes=AXES,
-                       inlet: str | None = "z0") -> dict:
-    """Mean geodesic tortuosity of ``phase`` along each of ``axes`` ("tau z", "tau y", "tau x") and its
-    constrictivity ("beta", spheres intruding from ``inlet``), as random-forest-multi-detector.txt
-    section 3.7.2 compares segmentations with them ("very sensitive to the quality of segmentation").
-    NaN where undefined: the phase absent or not connecting the two faces, a direction with one slice.
-    Anisotropic voxels are resampled to the finest size first (nearest neighbour), as for anisotropy."""
-    from fibml.metrics.anisotropy import resample_nearest
-    from fibml.metrics.morphology import constrictivity, geodesic_tortuosity
-
-    voxel = np.asarray(voxel_size_nm if voxel_size_nm is not None else (1.0, 1.0, 1.0), dtype=np.float64)
-    voxel = np.broadcast_to(voxel, (3,))
-    labels = resample_nearest(np.asarray(volume), voxel / voxel.min())
-    size = float(voxel.min())
-    if not np.any(labels == phase):
-        log.warning("phase %d absent: tortuosity and constrictivity not computed", phase)
-        return {f"tau {axis}": math.nan for axis in axes} | {"beta": math.nan}
-    columns = {}
-    for axis in axes:
-        k = AXES.index(axis)
-        columns[f"tau {axis}"] = (
-            geodesic_tortuosity(labels, phase, k, size)["mean"] if labels.shape[k] > 1 else math.nan
-        )
-    return columns | {"beta": constrictivity(labels, phase, size, inlet=inlet)["beta"]}
-
-
 def _write_method(out_dir: Path, row: dict, prediction, datamodule, z: range, save_predictions: bool, print_table: bool,
                   curves: Mapping | None = None):
     """metrics.*, slices.png, tpcf.png (the S2 curves given: ground truth and this method) and
@@ -624,8 +544,8 @@ def predict(cfg: DictConfig) -> Path:
         registration_shifts,
         write_shifts_csv,
     )
+    from fibml.data.transforms import stack_percentiles
     from fibml.inference import NormalizedStack, predict_to_disk
-    from fibml.io import stack_percentiles
     from fibml.report import prediction_report
 
     checkpoint = resolve_checkpoint(cfg.ckpt_path)
@@ -962,40 +882,6 @@ def _inpainter(checkpoint, inference: Mapping):
                    overlap=inference.get("overlap", 0.5), device=device, progress=True)
 
 
-def resolve_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.ckpt", "last.ckpt")) -> Path:
-    """A checkpoint file, or a training run folder (its checkpoints/best.ckpt, else last.ckpt)."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        for name in prefer:
-            for candidate in (path / "checkpoints" / name, path / name):
-                if candidate.is_file():
-                    return candidate
-        raise FileNotFoundError(f"{path} holds no checkpoints/best.ckpt or checkpoints/last.ckpt")
-    raise FileNotFoundError(f"checkpoint {path} does not exist")
-
-
-def load_model(checkpoint: str | Path):
-    """The trained model, rebuilt from the config embedded in its checkpoint, and that config."""
-    register_resolvers()
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if CONFIG_KEY not in state:
-        raise ValueError(f"{checkpoint} holds no fibml config: it was not written by fibml's train.py")
-    run_cfg = OmegaConf.create(state[CONFIG_KEY])
-    model = build_model(run_cfg.model)
-    model.load_state_dict(state["state_dict"])
-    return model.eval(), run_cfg
-
-
-def build_model(model_cfg: DictConfig):
-    """Instantiate a model config. ``branch_ckpts`` (late fusion) is not a constructor argument:
-    train() loads those weights after building; everywhere else the checkpoint holds them."""
-    node = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
-    node.pop("branch_ckpts", None)
-    return instantiate(node)
-
-
 def voltage_weights(model, voltages) -> dict[str, float]:
     """{'1kV': w, ...}: the learned weight of each voltage of a late-fusion model, else {}."""
     net = getattr(model, "net", None)
@@ -1009,99 +895,6 @@ def voltage_weights(model, voltages) -> dict[str, float]:
 
 def _format_weights(weights: Mapping[str, float]) -> str:
     return ", ".join(f"{name} {w:.2f}" for name, w in weights.items())
-
-
-def _adopt_branch_checkpoints(cfg: DictConfig) -> list[dict]:
-    """Check model.branch_ckpts against the data (one single-voltage model per voltage, same input
-    layout, same architecture), put their net config into cfg.model.net.branch so the run's own
-    config describes the model it trains, and return their branch state dicts."""
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    voltages = [channel_key(v) for v in data["voltages"]]
-    paths = [resolve_checkpoint(p) for p in cfg.model.branch_ckpts]
-    if len(paths) != len(voltages):
-        raise ValueError(
-            f"model.branch_ckpts names {len(paths)} checkpoints for the {len(voltages)} voltages {voltages} kV "
-            f"of data.voltages: give one single-voltage checkpoint per voltage, in that order"
-        )
-    nets, states = [], []
-    for path, voltage in zip(paths, voltages):
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if CONFIG_KEY not in state:
-            raise ValueError(f"{path} holds no fibml config: it was not written by fibml's train.py")
-        run = state[CONFIG_KEY]
-        trained = [channel_key(v) for v in run["data"]["voltages"]]
-        if trained != [voltage]:
-            raise ValueError(
-                f"{path} was trained on {'+'.join(map(channel_label, trained))}; this branch needs a "
-                f"single-channel model of {channel_label(voltage)}"
-            )
-        for key in ("dims", "normalize") + (("n_adjacent",) if data["dims"] == "2.5d" else ()):
-            if run["data"].get(key) != data.get(key):
-                raise ValueError(f"{path} was trained with data.{key}={run['data'].get(key)}, this run has {data.get(key)}")
-        net = dict(run["model"]["net"])
-        if not str(net.get("_target_", "")).endswith("ResidualUNet"):
-            raise ValueError(f"{path} is a {net.get('_target_')} model; late-fusion branches are single-voltage U-Nets")
-        nets.append(net)
-        states.append({k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")})
-    if any(net != nets[0] for net in nets[1:]):
-        raise ValueError(f"the branch checkpoints {[str(p) for p in paths]} have different architectures: {nets}")
-    with open_dict(cfg):
-        cfg.model.net.branch = {**nets[0], "_partial_": True}
-    log.info("late-fusion branches from %s", ", ".join(str(p) for p in paths))
-    return states
-
-
-def _load_branches(model, states: list[dict]) -> None:
-    for branch, state in zip(model.net.branches, states):
-        branch.load_state_dict(state)
-
-
-def _prepare_resume(cfg: DictConfig) -> str:
-    """For ckpt_path = 'last', a run folder or a .ckpt: continue that run in its own folder, with
-    the same wandb run id (CSV: each launch its own csv/version_<n>, the earlier ones kept).
-    Returns the checkpoint for Trainer.fit."""
-    spec = str(cfg.ckpt_path)
-    if spec == "last":
-        runs = Path(cfg.paths.log_dir) / str(cfg.task_name) / "runs"
-        found = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise FileNotFoundError(f"ckpt_path=last: no run under {runs} has checkpoints/last.ckpt")
-        checkpoint = found[-1]
-    else:
-        checkpoint = resolve_checkpoint(spec, prefer=("last.ckpt", "best.ckpt"))
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    trained_model = (state.get(CONFIG_KEY) or {}).get("model")
-    if trained_model is not None:
-        trained = _networks(trained_model)
-        current = _networks(OmegaConf.to_container(cfg.model, resolve=True))
-        if trained != current:
-            changed = sorted(k for k in trained.keys() | current.keys() if trained.get(k) != current.get(k))
-            raise ValueError(
-                f"{checkpoint} was trained with another network (model.{', model.'.join(changed)} differ; "
-                f"tags {state[CONFIG_KEY].get('tags')}); resume with the same experiment and model settings"
-            )
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    ids = state.get(LOGGERS_KEY, {})
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-        for node in (cfg.get("logger") or {}).values():
-            if not isinstance(node, DictConfig) or "_target_" not in node:
-                continue
-            kind = str(node._target_).rsplit(".", 1)[-1]
-            if kind == "WandbLogger" and ids.get(kind):
-                node.id, node.resume = ids[kind], "allow"
-            # CSVLogger: no version given, so it writes the next one (csv/version_<n+1>) beside the
-            # earlier launches': pinned to the old version it would delete that launch's metrics.csv
-    log.info("resuming %s from %s (this launch's own folder keeps only its log)", run_dir, checkpoint)
-    return str(checkpoint)
-
-
-def _networks(model: Mapping) -> dict:
-    """The networks of a model config, which a resumed run must keep: ``net`` of a segmentation
-    model, ``generator_ab`` ... ``discriminator_b`` of a CycleGAN; the loss, optimizer and
-    scheduler may change between launches."""
-    return {k: v for k, v in model.items()
-            if isinstance(v, Mapping) and "_target_" in v and k not in ("loss", "optimizer", "scheduler")}
 
 
 def method_name(run_cfg: Mapping) -> str:

@@ -4,6 +4,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from fibml.checkpoints import build_model
 from fibml.config import CONFIG_DIR
 from fibml.data.datamodules import FIBSEMDataModule
 from fibml.data.inpainting import InpaintingDataModule
@@ -11,7 +12,6 @@ from fibml.nets.unet import ResidualUNet
 from fibml.tasks.fusion import LateFusionTask
 from fibml.tasks.inpainting import InpaintingTask
 from fibml.tasks.segmentation import SegmentationTask
-from fibml.workflows import build_model
 from tests.conftest import compose_config
 
 # files starting with "_" are fragments the experiments include (e.g. the 3D data settings)

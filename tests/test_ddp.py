@@ -12,7 +12,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import open_dict
 
-from fibml.workflows import load_model, train
+from fibml.checkpoints import load_model
+from fibml.workflows import train
 from tests.conftest import FAST_TRAIN, compose_config
 
 GLOBAL_BATCH = 8

@@ -81,7 +81,7 @@ def test_evaluate_names_what_is_missing(tiny_dataset, tmp_path):
 
 
 def test_scores_of_three_phases_carry_iou_per_phase_and_awe():
-    from fibml.workflows import score_row
+    from fibml.metrics.table import score_row
 
     truth = np.zeros((4, 8, 8), np.uint8)
     truth[:, :4] = 1
@@ -123,7 +123,7 @@ def test_morphology_columns_in_the_comparison_match_the_metrics_of_each_predicti
 
 
 def test_morphology_columns_are_nan_where_undefined_and_settings_are_checked():
-    from fibml.workflows import morphology_settings, morphology_columns
+    from fibml.metrics.table import morphology_columns, morphology_settings
 
     solid = np.ones((6, 8, 8), np.uint8)  # no pore at all
     columns = morphology_columns(solid, (2.0, 2.0, 2.0), phase=0)

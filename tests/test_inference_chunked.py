@@ -26,7 +26,7 @@ import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval  # MONAI exposes its stride nowhere public: the reference fibml matches
 
-from fibml.data.transforms import normalize_stack, percentile_range, percentile_step
+from fibml.data.transforms import normalize_stack, percentile_range, percentile_step, stack_percentiles
 from fibml.inference import (
     FINGERPRINT,
     SEGMENTATION,
@@ -47,7 +47,6 @@ from fibml.io import (
     open_stack,
     open_stack_file,
     read_stack,
-    stack_percentiles,
     write_json,
     write_stack,
 )

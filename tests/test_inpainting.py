@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from fibml.data.inpainting import FILL_VALUE, InpaintingDataModule
+from fibml.geometry import slice_positions
 from fibml.io import read_stack, write_stack
 from fibml.nets.unet import ResidualUNet
 from fibml.reconstruct.inpainting import inpaint_volume
-from fibml.reconstruct.repositioning import slice_positions
 from fibml.synth.thickness import sample_thicknesses
 from fibml.tasks.inpainting import InpaintingTask, MaskedDiceCELoss
 from fibml.workflows import train

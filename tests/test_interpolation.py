@@ -11,9 +11,10 @@ from fibml.baselines.interpolation import (
     interpolate_nearest,
     interpolate_spline,
 )
+from fibml.geometry import Repositioned, slice_positions
 from fibml.metrics.confusion import segmentation_scores
 from fibml.reconstruct.classical import reconstruct
-from fibml.reconstruct.repositioning import Repositioned, reposition, slice_positions
+from fibml.reconstruct.repositioning import reposition
 from fibml.synth.microstructure import leveled_wave
 from fibml.synth.thickness import sample_thicknesses
 

@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fibml.geometry import slice_positions
 from fibml.io import read_stack, write_thickness_csv
 from fibml.metrics.confusion import segmentation_scores
 from fibml.reconstruct.pipeline import CASES, reconstruct_stack, thicknesses_from
-from fibml.reconstruct.repositioning import slice_positions
 from fibml.synth.microstructure import leveled_wave
 from fibml.synth.thickness import mimic_stack, sample_thicknesses, slices_that_fit
 

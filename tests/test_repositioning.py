@@ -4,15 +4,12 @@ re-gridding, and every input error."""
 import numpy as np
 import pytest
 
+from fibml.geometry import UNKNOWN, Repositioned, check_binary, slice_positions
 from fibml.reconstruct.classical import place, reconstruct
 from fibml.reconstruct.repositioning import (
-    UNKNOWN,
-    Repositioned,
-    check_binary,
     direct,
     reposition,
     reposition_standard,
-    slice_positions,
     to_grid,
 )
 

@@ -11,9 +11,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from fibml.checkpoints import load_model
 from fibml.io import read_stack
 from fibml.metrics.anisotropy import anisotropy_report
-from fibml.workflows import TrainingStopped, load_model, train
+from fibml.workflows import TrainingStopped, train
 from tests.conftest import FAST_TRAIN, compose_config, small_net
 
 

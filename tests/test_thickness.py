@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 
+from fibml.geometry import check_thicknesses, slice_positions
 from fibml.io import THICKNESS, read_thickness_csv, write_thickness_csv
-from fibml.reconstruct.repositioning import slice_positions
 from fibml.synth.thickness import (
-    check_thicknesses,
     fit_gamma,
     mimic_stack,
     sample_thicknesses,
@@ -215,7 +214,6 @@ def test_synth_writes_the_mimicking_dataset(tmp_path):
     """generate_dataset(thickness=...): gamma-thick slices, each the face at its true depth,
     stored 10 nm apart, with thickness.csv and the isotropic ground truth beside them."""
     from fibml.io import read_dataset, read_stack, read_thickness_csv
-    from fibml.reconstruct.repositioning import slice_positions
     from fibml.synth.dataset import generate_dataset
     from tests.conftest import TINY_STRUCTURE
 

@@ -1,7 +1,7 @@
 """Classical interpolation in z between repositioned slices: nearest neighbour and cubic spline
 (slice-thickness-repositioning-inpainting.txt, sections 2.2.3 and 3.1; RNN, RCS, DNN, SRCS of Table 1).
 
-Every interpolator takes a ``fibml.reconstruct.repositioning.Repositioned`` (segmented slices on
+Every interpolator takes a ``fibml.geometry.Repositioned`` (segmented slices on
 their grid rows, the rows between unknown) and returns the filled uint8 (n_grid, y, x) volume with
 the known rows exactly as given. The ML inpainting plugs in through a function of the same
 signature (``lambda rep: inpaint_volume(rep.volume(), rep.known(), ...)`` with
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import interpolate, ndimage
 
-from fibml.reconstruct.repositioning import Repositioned, check_binary
+from fibml.geometry import Repositioned, check_binary
 
 __all__ = ["SPLINE_BLOCK_VOXELS", "fill_spline_holes", "interpolate_nearest", "interpolate_spline"]
 

@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 from fibml.data.datamodules import per_device_batch_size
 from fibml.data.patches import split_z_blocks
 from fibml.data.transforms import Augmentation
+from fibml.geometry import slice_positions
 from fibml.io import LABELS, read_manifest, read_stack
-from fibml.reconstruct.repositioning import slice_positions
 from fibml.synth.dataset import cached_dataset
 from fibml.synth.thickness import sample_thicknesses
 

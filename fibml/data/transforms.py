@@ -12,6 +12,7 @@ __all__ = [
     "percentile_range",
     "percentile_step",
     "scale_to_unit",
+    "stack_percentiles",
 ]
 
 
@@ -20,12 +21,36 @@ def normalize_stack(stack: np.ndarray, low: float = 0.5, high: float = 99.5) -> 
 
     Per stack, because detector gain and brightness differ between voltages, sessions and
     microscopes; synthetic and real data then share one intensity scale. Stacks too large for
-    memory get the same scaling slice by slice from fibml.io.stack_percentiles and
+    memory get the same scaling slice by slice from stack_percentiles and
     fibml.inference.NormalizedStack, which share these helpers.
     """
     stack = np.asarray(stack, dtype=np.float32)
     lo, hi = percentile_range(stack[:: percentile_step(stack.shape[0])], low, high)
     return scale_to_unit(stack, lo, hi)
+
+
+def stack_percentiles(stack, low: float = 0.5, high: float = 99.5, max_values: int = 2**24) -> tuple:
+    """The (low, high) percentiles normalize_stack scales a stack by, read lazily.
+
+    stack: anything with .shape (z, y, x) whose [z] gives a slice (a LazyStack, an array).
+    The same slices as normalize_stack are sampled (every max(1, z // 64)-th); when they hold
+    more than max_values pixels, rows and columns are strided too (every r-th, the smallest r
+    that fits), so memory stays near 4 * max_values bytes. Without striding the result equals
+    normalize_stack's exactly (one shared helper computes both). ValueError, naming the stack,
+    when the sample has NaN / inf pixels or no contrast.
+    """
+    n_z, n_y, n_x = stack.shape
+    zs = range(0, n_z, percentile_step(n_z))
+    stride = 1
+    while len(zs) * (-(-n_y // stride)) * (-(-n_x // stride)) > max_values:
+        stride += 1
+    sample = np.empty((len(zs), -(-n_y // stride), -(-n_x // stride)), dtype=np.float32)
+    for i, z in enumerate(zs):
+        sample[i] = stack[z][::stride, ::stride]
+    what = str(getattr(stack, "path", "stack"))
+    if not np.isfinite(sample).all():
+        raise ValueError(f"{what}: stack contains {np.count_nonzero(~np.isfinite(sample))} NaN or inf pixels")
+    return percentile_range(sample, low, high, what=what)
 
 
 def percentile_step(n_slices: int) -> int:

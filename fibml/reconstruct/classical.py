@@ -14,8 +14,8 @@ SRCS   standard repositioning on the 10 nm grid      cubic spline (holes fixed)
 =====  ============================================  ==============================
 
 It lives apart from repositioning.py because it needs the interpolators of
-fibml.baselines.interpolation, which themselves import repositioning. The ML case (RML) is added
-by registering its interpolator, any ``f(Repositioned) -> uint8 (n_grid, y, x)``, e.g.
+fibml.baselines.interpolation (placement and interpolation only share fibml.geometry.Repositioned).
+The ML case (RML) is added by registering its interpolator, any ``f(Repositioned) -> uint8 (n_grid, y, x)``, e.g.
 ``PIPELINES["RML"] = ("accurate", lambda rep: inpaint_volume(rep.volume(), rep.known(), ...))``.
 """
 
@@ -27,8 +27,8 @@ from functools import partial
 import numpy as np
 
 from fibml.baselines.interpolation import interpolate_nearest, interpolate_spline
+from fibml.geometry import Repositioned
 from fibml.reconstruct.repositioning import (
-    Repositioned,
     direct,
     reposition,
     reposition_standard,

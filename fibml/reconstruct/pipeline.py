@@ -68,7 +68,7 @@ def reconstruct_stack(
         return interpolate_spline(placed)
     if inpainter is None:
         raise ValueError("method=ml needs the inpainting net: give reconstruct.inpainting_ckpt=<run of experiment=inpainting>")
-    from fibml.reconstruct.repositioning import check_binary
+    from fibml.geometry import check_binary
 
     check_binary(placed, "ML inpainting")
     return np.asarray(inpainter(placed.volume(), placed.known()), dtype=np.uint8)

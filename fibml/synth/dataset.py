@@ -153,7 +153,7 @@ SIMULATORS = ("fast", "montecarlo", "depth_weighted")
 def _mimic(labels, images: dict, voxel_size_nm, thickness: dict, seed: int):
     """The mimicking stack: as many gamma-thick slices as fit in the volume, each the labels and
     images of the face at its true depth; the isotropic ground truth over the same depth."""
-    from fibml.reconstruct.repositioning import slice_positions
+    from fibml.geometry import slice_positions
     from fibml.synth.thickness import mimic_stack, sample_thicknesses, slices_that_fit
 
     dz, dy, dx = (float(v) for v in np.broadcast_to(np.asarray(voxel_size_nm, dtype=float), (3,)))

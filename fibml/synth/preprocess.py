@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from fibml.checkpoints import load_model, resolve_checkpoint
 from fibml.io import LABELS, read_manifest, read_stack, write_dataset
 from fibml.synth.imaging import _check_labels, _reflect_index
 from fibml.synth.physics import Material, backscatter_coefficient, get_material
@@ -199,9 +200,6 @@ def resolve_eta_model(spec: EtaModel | str | Path) -> tuple[EtaModel, str]:
         return spec, getattr(spec, "__qualname__", type(spec).__name__)
     if str(spec) in ("formula", "hunger_kuchler"):
         return formula_eta, "formula_eta (Hunger-Kuchler approximation)"
-    # imported here: the workflows import all of fibml
-    from fibml.workflows import load_model, resolve_checkpoint
-
     checkpoint = resolve_checkpoint(spec)
     model, _ = load_model(checkpoint)
     if not hasattr(model, "predict_eta"):

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fibml.geometry import check_thicknesses, slice_positions
+
 __all__ = [
-    "check_thicknesses",
     "fit_gamma",
     "mimic_stack",
     "sample_thicknesses",
@@ -68,16 +69,13 @@ def mimic_stack(volume: np.ndarray, thicknesses_nm, fine_nm: float = 2.5) -> tup
     thicknesses_nm: (n,) milled slice thicknesses (nm).
     Slice i of the output is volume[z_index[i]], the original slice at the depth where milled
     slice i starts: z_index[i] = round(sum_{j<i} t_j / fine_nm), with the rounding and the
-    collision rule of fibml.reconstruct.repositioning.slice_positions (thicknesses that are
+    collision rule of fibml.geometry.slice_positions (thicknesses that are
     multiples of fine_nm never collide).
 
     Returns (stack: (n, y, x), volume's dtype; z_index: int64 (n,)). ValueError when the milled
     slices run past the volume's depth (saying how many fit, see slices_that_fit) or for bad
     thicknesses.
     """
-    # imported here: repositioning imports this module
-    from fibml.reconstruct.repositioning import slice_positions
-
     volume = np.asarray(volume)
     if volume.ndim != 3:
         raise ValueError(f"mimic_stack: expected a (z, y, x) volume, got shape {volume.shape}")
@@ -98,9 +96,6 @@ def slices_that_fit(thicknesses_nm, depth: int, fine_nm: float = 2.5) -> int:
     shape[0], voxel size fine_nm along z) holds: the largest k whose milled extent, the
     repositioning grid of the first k slices (slice_positions(t[:k], fine_nm)[1]), is at most
     depth. 0 when not even the first slice fits."""
-    # imported here: repositioning imports this module
-    from fibml.reconstruct.repositioning import slice_positions
-
     t = check_thicknesses(thicknesses_nm)
     positions, _ = slice_positions(t, fine_nm)
     # grid length of every prefix, as slice_positions computes it for t[:k]
@@ -126,20 +121,3 @@ def thickness_table(thicknesses_nm, z_index=None, fine_nm: float = 2.5) -> list[
     return [
         {"slice": i, "thickness_nm": float(ti), "z_nm": float(zi)} for i, (ti, zi) in enumerate(zip(t, z_nm))
     ]
-
-
-def check_thicknesses(thicknesses_nm, n_slices: int | None = None, where: str = "thicknesses") -> np.ndarray:
-    """float64 (n,) thicknesses; ValueError naming ``where`` for a wrong length, non-finite,
-    zero or negative values."""
-    t = np.asarray(thicknesses_nm, dtype=np.float64)
-    if t.ndim != 1 or len(t) == 0:
-        raise ValueError(f"{where}: expected a list of slice thicknesses in nm, got shape {t.shape}")
-    if n_slices is not None and len(t) != n_slices:
-        raise ValueError(f"{where} lists {len(t)} thicknesses, the stack has {n_slices} slices")
-    bad = np.flatnonzero(~np.isfinite(t) | (t <= 0))
-    if len(bad):
-        raise ValueError(
-            f"{where}: slice thicknesses must be positive, slice {bad[0]} has {t[bad[0]]} nm "
-            f"({len(bad)} bad value(s))"
-        )
-    return t
