@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fibml.config import register_resolvers
-from fibml.workflows import evaluate
+from fibml.pipelines.evaluate import evaluate
 
 register_resolvers()
 

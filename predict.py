@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fibml.config import register_resolvers
-from fibml.workflows import predict
+from fibml.pipelines.predict import predict
 
 register_resolvers()
 

@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fibml.config import register_resolvers
-from fibml.workflows import train_objective
+from fibml.pipelines.train import train_objective
 
 register_resolvers()
 

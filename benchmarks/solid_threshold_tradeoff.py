@@ -29,7 +29,7 @@ from fibml.data.transforms import normalize_channels
 from fibml.inference import resolve_device
 from fibml.io import read_dataset
 from fibml.metrics.confusion import confusion_matrix, misplaced_pixels, misplaced_solid_pixels
-from fibml.workflows import _data_settings, _predict
+from fibml.pipelines.common import data_settings, predict_probabilities
 
 
 def solid_probability(run: Path, dataset, device, sw_batch_size: int) -> tuple[np.ndarray, str]:
@@ -43,7 +43,7 @@ def solid_probability(run: Path, dataset, device, sw_batch_size: int) -> tuple[n
     images = normalize_channels([dataset.images[v] for v in voltages], **dict(cfg.data.get("normalize") or {}))
     # evaluate.py's own prediction (sliding window, the model's input layout), not a copy of it
     inference = {"device": device, "sw_batch_size": sw_batch_size, "reuse_memory": True}
-    probs = _predict(model, images, _data_settings(cfg.data), inference)
+    probs = predict_probabilities(model, images, data_settings(cfg.data), inference)
     return probs[int(cfg.model.solid_class)], f"{Path(run).name} ({cfg.data.dims}, {'+'.join(map(str, cfg.data.voltages))} kV)"
 
 

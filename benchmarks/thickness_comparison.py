@@ -101,7 +101,7 @@ def _table(scores: dict, seconds: dict, truth_aniso: dict) -> str:
 
 def _inpainter(checkpoint: str, device: str):
     """inpaint_volume with the trained net (as predict.py reconstruct.method=ml uses it)."""
-    from fibml.workflows import _inpainter as build
+    from fibml.pipelines.predict import load_inpainter as build
 
     return partial(build(checkpoint, {"device": device}), progress=False)
 

@@ -93,10 +93,10 @@ import fibml
 from fibml.data.patches import DIMS, context_indices, patch_shape
 from fibml.data.transforms import scale_to_unit
 from fibml.io import (
-    _json_default,
-    _shape_mismatch,
     create_stack_file,
+    json_default,
     open_stack_file,
+    shape_mismatch,
     write_json,
 )
 from fibml.sliding_window import scan_interval, sliding_window, window_starts
@@ -751,7 +751,7 @@ def _check_channels(channels: Sequence) -> tuple[int, int, int]:
         if shape != shapes[0]:
             raise ValueError(
                 f"input channels differ in shape: "
-                f"{_shape_mismatch(_channel_name(channels[i], i), shape, _channel_name(channels[0], 0), shapes[0])}"
+                f"{shape_mismatch(_channel_name(channels[i], i), shape, _channel_name(channels[0], 0), shapes[0])}"
             )
     return shapes[0]
 
@@ -807,7 +807,7 @@ def _read_json(path: Path) -> dict | None:
 
 def _canonical(value) -> dict:
     """value as it reads back from JSON (tuples -> lists, keys -> str), to compare with a stored one."""
-    return json.loads(json.dumps(value, default=_json_default, sort_keys=True))
+    return json.loads(json.dumps(value, default=json_default, sort_keys=True))
 
 
 def _differences(stored: dict | None, fp: dict) -> str:

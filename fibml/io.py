@@ -390,7 +390,7 @@ def read_dataset(
         others[LABELS] = labels.shape
     for name, shape in others.items():
         if shape != reference:
-            raise ValueError(f"{folder}: {_shape_mismatch(name, shape, reference_name, reference)}")
+            raise ValueError(f"{folder}: {shape_mismatch(name, shape, reference_name, reference)}")
 
     voxel = _dataset_voxel_size(folder, manifest, voxels.values())
     return Dataset(folder, images, voxel, labels, manifest)
@@ -455,7 +455,7 @@ def write_dataset(
     reference_name, reference = next(iter(shapes.items()))
     for name, shape in shapes.items():
         if shape != reference:
-            raise ValueError(_shape_mismatch(name, shape, reference_name, reference))
+            raise ValueError(shape_mismatch(name, shape, reference_name, reference))
     voxel = [float(v) for v in np.broadcast_to(np.asarray(voxel_size_nm, dtype=float), (3,))]
 
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -586,7 +586,7 @@ def read_manifest(folder: str | Path) -> dict:
 def write_json(path: str | Path, content: Mapping) -> Path:
     """Write JSON atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(content, indent=2, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(content, indent=2, default=json_default) + "\n")
     return Path(path)
 
 
@@ -803,7 +803,7 @@ def open_dataset_stacks(
     for v, stack in others:
         if stack.shape != reference.shape:
             raise ValueError(
-                f"{folder}: {_shape_mismatch(stack_name(v), stack.shape, stack_name(first), reference.shape)}: "
+                f"{folder}: {shape_mismatch(stack_name(v), stack.shape, stack_name(first), reference.shape)}: "
                 f"{stack.path.name} is {stack.shape}, {reference.path.name} is {reference.shape} (z, y, x); "
                 "every image stack of a dataset must have the same shape"
             )
@@ -920,7 +920,7 @@ def _voxel_size(tif: tifffile.TiffFile) -> tuple[float, float, float] | None:
     return (dz * scale, dy * scale, dx * scale)
 
 
-def _shape_mismatch(name, shape, reference_name, reference) -> str:
+def shape_mismatch(name, shape, reference_name, reference) -> str:
     axes = ("slices", "rows", "columns")
     for axis, (a, b) in enumerate(zip(shape, reference)):
         if a != b:
@@ -928,7 +928,7 @@ def _shape_mismatch(name, shape, reference_name, reference) -> str:
     return f"{name} has shape {shape}, {reference_name} has shape {reference}"
 
 
-def _json_default(value):
+def json_default(value):
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -19,12 +19,12 @@ from fibml.data.backscatter import (
     read_backscatter_csv,
 )
 from fibml.nets.mlp import MLP
+from fibml.pipelines.train import train
 from fibml.report import backscatter_report
 from fibml.synth.imaging import shine_through_profile
 from fibml.synth.montecarlo import backscatter_dataset, write_backscatter_csv
 from fibml.synth.preprocess import resolve_eta_model
 from fibml.tasks.backscatter import BackscatterTask
-from fibml.workflows import train
 from tests.conftest import compose_config
 
 torch.set_num_threads(1)  # 2 shared CPU cores

@@ -13,7 +13,7 @@ import torch
 from omegaconf import open_dict
 
 from fibml.checkpoints import load_model
-from fibml.workflows import train
+from fibml.pipelines.train import train
 from tests.conftest import FAST_TRAIN, compose_config
 
 GLOBAL_BATCH = 8

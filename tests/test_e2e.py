@@ -13,8 +13,10 @@ from omegaconf import open_dict
 
 from fibml.io import read_dataset, read_stack, write_dataset, write_stack
 from fibml.metrics.confusion import segmentation_scores
+from fibml.pipelines.evaluate import evaluate
+from fibml.pipelines.predict import predict
+from fibml.pipelines.train import train
 from fibml.synth.microstructure import leveled_wave
-from fibml.workflows import evaluate, predict, train
 from tests.conftest import FAST_TRAIN, LossHistory, compose_config, small_net
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import pytest
 from fibml.io import read_dataset, read_stack
 from fibml.metrics.anisotropy import anisotropy_report
 from fibml.metrics.confusion import segmentation_scores
-from fibml.workflows import evaluate
+from fibml.pipelines.evaluate import evaluate
 from tests.conftest import compose_config
 
 ANISOTROPY_KEYS = {"e_tpcf": "e_TPCF", "e_lpf": "e_LPF", "e_d": "e_D"}  # anisotropy_report key -> table column
@@ -96,7 +96,7 @@ def test_scores_of_three_phases_carry_iou_per_phase_and_awe():
 
 def test_morphology_columns_in_the_comparison_match_the_metrics_of_each_prediction(tiny_dataset, tmp_path):
     from fibml.metrics.morphology import constrictivity, geodesic_tortuosity
-    from fibml.workflows import slug
+    from fibml.pipelines.common import slug
 
     cfg = compose_config("evaluate", ["method=kmeans", f"data_dir={tiny_dataset}", "morphology.enabled=true",
                                       "morphology.axes=[y,x]", "method.kmeans.inputs=[[1],[4]]"], tmp_path)

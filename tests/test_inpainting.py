@@ -13,10 +13,10 @@ from fibml.data.inpainting import FILL_VALUE, InpaintingDataModule
 from fibml.geometry import slice_positions
 from fibml.io import read_stack, write_stack
 from fibml.nets.unet import ResidualUNet
+from fibml.pipelines.train import train
 from fibml.reconstruct.inpainting import inpaint_volume
 from fibml.synth.thickness import sample_thicknesses
 from fibml.tasks.inpainting import InpaintingTask, MaskedDiceCELoss
-from fibml.workflows import train
 from tests.conftest import FAST_TRAIN, TINY_STRUCTURE, compose_config
 
 THICKNESS = {"target_nm": 10.0, "shape": 4.0, "bin_nm": 2.5}

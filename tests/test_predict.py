@@ -10,8 +10,9 @@ import tifffile
 
 from fibml.io import read_stack, write_stack
 from fibml.metrics.anisotropy import anisotropy_report
+from fibml.pipelines.predict import predict
+from fibml.pipelines.train import train
 from fibml.synth.dataset import generate_dataset
-from fibml.workflows import predict, train
 from tests.conftest import FAST_TRAIN, TINY_STRUCTURE, compose_config
 
 VOLTAGES = (1, 2, 4)

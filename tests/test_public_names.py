@@ -1,14 +1,22 @@
-"""Tests use fibml's public names only: a test that reaches a private name pins an implementation
-detail, and a refactoring that keeps the behaviour would break it."""
+"""Tests, benchmarks and notebooks use fibml's public names only: code that reaches a private name
+pins an implementation detail, and a refactoring that keeps the behaviour would break it."""
 
 import ast
+import json
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+def _notebook_code(path: Path) -> str:
+    cells = json.loads(path.read_text())["cells"]
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code" and not
+                     "".join(c["source"]).lstrip().startswith(("!", "%")))
 
 
 def _private_uses(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(_notebook_code(path) if path.suffix == ".ipynb" else path.read_text())
     modules, found = set(), []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -28,6 +36,22 @@ def _private_uses(path: Path) -> list[str]:
 def test_no_test_imports_a_private_name():
     offences = {p.name: uses for p in sorted(TESTS.glob("test_*.py")) if (uses := _private_uses(p))}
     assert not offences, offences
+
+
+def test_benchmarks_and_notebooks_use_public_names_only():
+    files = sorted((ROOT / "benchmarks").glob("*.py")) + sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert len(files) > 10  # the folders were found
+    offences = {p.name: uses for p in files if (uses := _private_uses(p))}
+    assert not offences, offences
+
+
+def test_notebook_cells_are_read(tmp_path):
+    notebook = tmp_path / "tour.ipynb"
+    cells = [{"cell_type": "markdown", "source": ["from fibml.io import _x"]},
+             {"cell_type": "code", "source": ["import numpy as np\n", "from fibml.io import _json_default"]},
+             {"cell_type": "code", "source": ["!pip install fibml"]}]
+    notebook.write_text(json.dumps({"cells": cells}))
+    assert _private_uses(notebook) == ["line 2: from fibml.io import _json_default"]
 
 
 def test_the_check_sees_private_imports_and_attributes(tmp_path):

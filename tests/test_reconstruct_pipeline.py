@@ -80,8 +80,9 @@ def test_predict_reconstructs_a_mimicking_stack(tmp_path, tiny_dataset):
     isotropic on the 2.5 nm grid, and what was done in prediction.json."""
     import json
 
+    from fibml.pipelines.predict import predict
+    from fibml.pipelines.train import train
     from fibml.synth.dataset import generate_dataset
-    from fibml.workflows import predict, train
     from tests.conftest import FAST_TRAIN, TINY_STRUCTURE, compose_config
 
     cfg = compose_config("train", FAST_TRAIN + [f"data.data_dir={tiny_dataset}", "trainer.max_epochs=1", "evaluate=false"],
@@ -109,8 +110,10 @@ def test_predict_reconstructs_a_mimicking_stack(tmp_path, tiny_dataset):
 def test_predict_with_a_trained_inpainting_net(tmp_path, tiny_dataset):
     """The RML path as a user runs it: an experiment=inpainting checkpoint fills the rows between
     the repositioned slices in predict.py; evaluate.py refuses it with a pointer to the right use."""
+    from fibml.pipelines.evaluate import evaluate
+    from fibml.pipelines.predict import predict
+    from fibml.pipelines.train import train
     from fibml.synth.dataset import generate_dataset
-    from fibml.workflows import evaluate, predict, train
     from tests.conftest import FAST_TRAIN, TINY_STRUCTURE, compose_config
 
     fast = [o for o in FAST_TRAIN if not o.startswith("data.stride")] + ["trainer.max_epochs=1", "data.val_size=8"]

@@ -14,7 +14,7 @@ import torch
 from fibml.checkpoints import load_model
 from fibml.io import read_stack
 from fibml.metrics.anisotropy import anisotropy_report
-from fibml.workflows import TrainingStopped, train
+from fibml.pipelines.train import TrainingStopped, train
 from tests.conftest import FAST_TRAIN, compose_config, small_net
 
 
@@ -185,7 +185,7 @@ def test_a_training_stopped_by_sigterm_is_not_taken_for_finished(tiny_dataset, t
 
 
 def test_evaluate_compares_several_methods_on_the_same_slices(single_runs, tiny_dataset, tmp_path):
-    from fibml.workflows import evaluate
+    from fibml.pipelines.evaluate import evaluate
 
     ckpts = ",".join(str(single_runs[v]) for v in (1, 2, 4))
     cfg = compose_config(
@@ -216,7 +216,7 @@ def test_evaluate_compares_several_methods_on_the_same_slices(single_runs, tiny_
 
 
 def test_evaluate_refuses_methods_scored_on_different_slices(single_runs, tiny_dataset, tmp_path):
-    from fibml.workflows import evaluate
+    from fibml.pipelines.evaluate import evaluate
 
     other = _single(tiny_dataset, tmp_path, 2, extra=["data.split.gap=2"])  # another test block
     cfg = compose_config("evaluate", [f"ckpt_path=[{single_runs[2]},{other}]", "inference.device=cpu"], tmp_path)
@@ -229,7 +229,7 @@ def test_evaluate_a_stack_without_labels(single_runs, tiny_dataset, tmp_path):
     no ground truth are reported (solid fraction, anisotropy errors), alone or compared."""
     import shutil
 
-    from fibml.workflows import evaluate
+    from fibml.pipelines.evaluate import evaluate
 
     real = tmp_path / "real"
     shutil.copytree(tiny_dataset, real)

@@ -9,7 +9,8 @@ import torch
 
 from fibml.io import read_dataset, read_stack
 from fibml.metrics.confusion import segmentation_scores
-from fibml.workflows import evaluate, train
+from fibml.pipelines.evaluate import evaluate
+from fibml.pipelines.train import train
 from tests.conftest import FAST_TRAIN, compose_config
 
 

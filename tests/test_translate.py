@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fibml.io import read_dataset, write_dataset
-from fibml.workflows import predict, train
+from fibml.pipelines.predict import predict
+from fibml.pipelines.train import train
 from tests.conftest import compose_config
 
 TINY_GAN = [

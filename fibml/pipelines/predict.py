@@ -1,0 +1,324 @@
+"""`python predict.py`: segment whole stacks of any size, chunked and resumable, with optional
+registration and reconstruction of slices of varying thickness; prediction.json and a report."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fibml.channels import channel_key, channel_label
+from fibml.checkpoints import load_model, resolve_checkpoint
+from fibml.data.registration import ShiftedStack, read_shifts_csv, registration_shifts, write_shifts_csv
+from fibml.data.transforms import stack_percentiles
+from fibml.inference import NormalizedStack, PredictorFactory, predict_to_disk, resolve_device
+from fibml.io import (
+    available_channels,
+    open_dataset_stacks,
+    open_stack,
+    read_stack,
+    shape_mismatch,
+    stack_name,
+    write_json,
+    write_stack,
+)
+from fibml.pipelines.common import data_settings
+from fibml.pipelines.translate import translate
+from fibml.reconstruct.inpainting import inpaint_volume
+from fibml.reconstruct.pipeline import reconstruct_stack, thicknesses_from
+from fibml.report import prediction_report
+
+__all__ = ["CheckpointPredictor", "load_inpainter", "predict"]
+
+
+def predict(cfg: DictConfig) -> Path:
+    """Segment whole stacks of any size: python predict.py ckpt_path=<ckpt or run> input=<dataset
+    folder, .tif, or a list of .tif per voltage> output=<folder> (task=translate: translate a
+    dataset with a CycleGAN instead, see translate).
+
+    Steps: check everything (inputs against the checkpoint, output folder) -> registration
+    (registration.*, optional: shifts.csv) -> chunked sliding-window segmentation straight to
+    disk (fibml.inference.predict_to_disk: bounded memory, resumable, several GPUs) ->
+    segmentation.tif (+ probability_class<c>.tif) -> optional reconstruction of slices of
+    varying thickness -> prediction.json, report.md and sections.png. The inputs are read lazily
+    (fibml.io.LazyStack), registered and normalised slice by slice, so a stack larger than
+    memory is never held whole; only reconstruct.enabled=true loads the segmentation."""
+    if cfg.get("task", "segment") == "translate":
+        return translate(cfg)
+    if cfg.get("task", "segment") != "segment":
+        raise ValueError(f"task must be 'segment' or 'translate', got {cfg.task!r}")
+
+    checkpoint = resolve_checkpoint(cfg.ckpt_path)
+    model, run_cfg = load_model(checkpoint)
+    if not hasattr(model, "probabilities") or "n_classes" not in run_cfg.model:
+        raise ValueError(f"{checkpoint} holds a {type(model).__name__}: predict.py segments with a segmentation "
+                         "model (task=translate runs a CycleGAN)")
+    settings = data_settings(run_cfg.data)
+    voltages = [channel_key(v) for v in run_cfg.data.voltages]
+    stacks, voxel, source = _open_inputs(cfg.input, voltages, checkpoint)
+    voxel = tuple(float(v) for v in cfg.voxel_size_nm) if cfg.get("voxel_size_nm") else voxel
+    reconstruct = cfg.get("reconstruct") or {}
+    if reconstruct.get("enabled") and reconstruct.get("method") == "ml" and not reconstruct.get("inpainting_ckpt"):
+        raise ValueError("reconstruct.method=ml needs reconstruct.inpainting_ckpt=<run of experiment=inpainting>")
+    out = Path(cfg.output)
+    started = time.perf_counter()
+
+    registration = cfg.get("registration") or {}
+    table = None
+    if registration.get("shifts_csv"):
+        table = read_shifts_csv(registration.shifts_csv)
+    elif registration.get("enabled", False):
+        table = registration_shifts(
+            stacks, reference=registration.get("reference", 2.0), roi=registration.get("roi"),
+            intra=registration.get("intra", True), inter=registration.get("inter", True),
+            intra_roi=registration.get("intra_roi"), upsample_factor=registration.get("upsample_factor", 20),
+            max_slices=registration.get("max_slices", 50),
+        )
+    sources = {c: stack if table is None else ShiftedStack(stack, _channel_shifts(table, c, stack))
+               for c, stack in stacks.items()}
+    normalize = dict(run_cfg.data.get("normalize") or {})
+    channels = [NormalizedStack(sources[c], *stack_percentiles(stacks[c], **normalize)) for c in voltages]
+    z = _z_range(cfg.get("z_range"), len(stacks[voltages[0]]))
+    if z != range(len(stacks[voltages[0]])):
+        channels = [_SliceRange(c, z) for c in channels]
+
+    inference = cfg.inference
+    devices = _inference_devices(inference.get("devices"))
+    device = resolve_device(devices[0] if devices else inference.get("device", "auto"))
+    devices = devices if devices and len(devices) > 1 else None
+    fingerprint = {
+        "checkpoint": _file_identity(checkpoint),
+        "input": [_file_identity(stack.path) for stack in stacks.values()],
+        "voxel_size_nm": list(voxel) if voxel else None,
+        "normalize": normalize,
+        "registration": None if table is None else {str(c): np.round(t, 4).tolist() for c, t in table.items()},
+        "z_range": [z.start, z.stop],
+        "precision": str(inference.get("precision", "32")),
+    }
+    predictor = CheckpointPredictor(checkpoint, str(inference.get("precision", "32")))
+    summary = predict_to_disk(
+        predictor if devices else predictor.bind(model, device), channels, out, **settings,
+        overlap=inference.get("overlap", 0.5), chunk_slices=inference.get("chunk_slices", 16),
+        block=inference.get("block"), slices_per_batch=inference.get("slices_per_batch"),
+        sw_batch_size=inference.get("sw_batch_size", 32), device=device, devices=devices,
+        n_classes=int(run_cfg.model.n_classes), save_probabilities=bool(cfg.get("save_probabilities", False)),
+        voxel_size_nm=voxel, fingerprint=fingerprint, overwrite=bool(cfg.get("overwrite", False)),
+        reuse_memory=bool(inference.get("reuse_memory", False)),
+    )
+    if table is not None:
+        write_shifts_csv(out / "shifts.csv", table)
+
+    reconstruction = None
+    if reconstruct.get("enabled", False):
+        segmentation, _ = read_stack(out / "segmentation.tif")
+        raw = np.stack([sources[voltages[0]][i] for i in z])
+        reconstruction = _reconstruct(reconstruct, segmentation, raw, voxel, source, inference)
+        write_stack(out / "reconstruction.tif", reconstruction["volume"], reconstruction["voxel_size_nm"])
+        del segmentation, raw
+
+    info = {
+        "checkpoint": str(checkpoint),
+        "input": [str(stack.path) for stack in stacks.values()],
+        "voltages_kV": voltages,
+        "voxel_size_nm": list(voxel) if voxel else None,
+        "shape": list(summary["shape"]),
+        "z_range": [z.start, z.stop],
+        "class_fractions": summary["class_fractions"],
+        "chunks": summary["n_chunks"],
+        "chunks_computed": summary["chunks_computed"],
+        "slices_per_second": _earlier_speed(out, summary),
+        "registration": None if table is None else {
+            "shifts_csv": str(out / "shifts.csv"),
+            "max_shift_px": float(max(np.abs(t).max() for t in table.values())),
+        },
+        "seconds": round(time.perf_counter() - started, 3),
+    } | ({} if reconstruction is None else {"reconstruction": reconstruction["info"]
+                                             | {"ruler_band_rows": reconstruction["band_rows"]}})
+    info |= prediction_report(out, out / "segmentation.tif", channels[0], voxel, info,
+                              crop=int(cfg.get("report_crop", 256)))
+    write_json(out / "prediction.json", info)
+    fractions = summary["class_fractions"]
+    print(f"wrote {out / 'segmentation.tif'} ({summary['shape'][0]} slices, solid fraction "
+          f"{fractions[1] if len(fractions) > 1 else float('nan'):.4f}, {summary['slices_per_second']:.2f} slices/s)")
+    return out
+
+
+class CheckpointPredictor(PredictorFactory):
+    """The class probabilities of a checkpoint's model on a device, for predict_to_disk: built in
+    each worker process from the checkpoint path (several devices), or bound to a model already
+    loaded (one device). precision "bf16" runs the net under CUDA autocast in bfloat16."""
+
+    def __init__(self, checkpoint: str | Path, precision: str = "32"):
+        if precision not in ("32", "bf16"):
+            raise ValueError(f"inference.precision must be 32 or bf16, got {precision!r}")
+        self.checkpoint, self.precision = str(checkpoint), precision
+
+    def __call__(self, device) -> Callable:
+        return self.bind(load_model(self.checkpoint)[0], device)
+
+    def bind(self, model, device) -> Callable:
+        device = torch.device(device)
+        model = model.eval().to(device)
+        if self.precision == "32":
+            return model.probabilities
+        if device.type != "cuda":
+            raise ValueError("inference.precision=bf16 needs a CUDA device")
+
+        def probabilities(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return model.probabilities(x).float()
+
+        return probabilities
+
+
+class _SliceRange:
+    """Slices z of a slice source (predict.py z_range=[start, stop]): a sub-volume."""
+
+    def __init__(self, source, z: range):
+        self.source, self.z = source, z
+        self.shape = (len(z), *source.shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.source[self.z[i]]
+
+
+def _open_inputs(spec, voltages: list, checkpoint: Path) -> tuple[dict, tuple | None, Path]:
+    """The model's input stacks, opened lazily and checked: {channel: LazyStack}, voxel size and
+    the input path (a dataset folder, one TIFF, or a list of TIFFs in the model's voltage order)."""
+    wanted = ", ".join(map(channel_label, voltages))
+    if isinstance(spec, (list, tuple)) or OmegaConf.is_list(spec):
+        paths = [Path(p) for p in spec]
+        if len(paths) != len(voltages):
+            raise ValueError(f"input lists {len(paths)} TIFF files, but {checkpoint} was trained on {wanted}: "
+                             f"give one stack per voltage, in that order")
+        stacks = {c: open_stack(p) for c, p in zip(voltages, paths)}
+        first = stacks[voltages[0]]
+        for stack in stacks.values():
+            if stack.shape != first.shape:
+                raise ValueError(shape_mismatch(stack.path, stack.shape, first.path, first.shape))
+        voxel = next((s.voxel_size_nm for s in stacks.values() if s.voxel_size_nm), None)
+        return stacks, voxel, paths[0].parent
+    source = Path(spec)
+    if source.is_dir():
+        missing = [c for c in voltages if not (source / stack_name(c)).is_file()]
+        if missing:  # the checkpoint's model needs other voltages (or channels) than the folder holds
+            raise FileNotFoundError(
+                f"{source} has no {', '.join(stack_name(c) for c in missing)}, but {checkpoint} was trained on "
+                f"{wanted} (found: {', '.join(map(stack_name, available_channels(source))) or 'no stack'})"
+            )
+        stacks, voxel = open_dataset_stacks(source, voltages)
+        return {c: stacks[c] for c in voltages}, voxel, source
+    if source.is_file():
+        if len(voltages) != 1:
+            raise ValueError(
+                f"{source}: this model needs BSE stacks at {voltages} kV; give a dataset folder "
+                f"holding bse_<V>kV.tif for each, not a single TIFF"
+            )
+        stack = open_stack(source)
+        return {voltages[0]: stack}, stack.voxel_size_nm, source
+    raise FileNotFoundError(f"input {source} is neither a dataset folder nor a TIFF file")
+
+
+def _earlier_speed(out: Path, summary: Mapping) -> float:
+    """Slices/s of the prediction: of this run, or, when it found everything finished, of the
+    run that computed it (prediction.json)."""
+    if summary["chunks_computed"] or not (out / "prediction.json").is_file():
+        return summary["slices_per_second"]
+    try:
+        return float(json.loads((out / "prediction.json").read_text()).get("slices_per_second"))
+    except (ValueError, TypeError):
+        return summary["slices_per_second"]
+
+
+def _channel_shifts(table, channel, stack) -> np.ndarray:
+    key = channel_key(channel)
+    shifts = {channel_key(c): t for c, t in table.items()}.get(key)
+    if shifts is None:
+        raise ValueError(f"the shift table has no shifts for {channel_label(key)}")
+    if len(shifts) != len(stack):
+        raise ValueError(f"{stack.path} has {len(stack)} slices, the shift table has {len(shifts)} for it")
+    return shifts
+
+
+def _z_range(value, n_slices: int) -> range:
+    if value is None:
+        return range(n_slices)
+    start, stop = (int(v) for v in value)
+    if not 0 <= start < stop <= n_slices:
+        raise ValueError(f"z_range={[start, stop]} must satisfy 0 <= start < stop <= {n_slices} (the stack's slices)")
+    return range(start, stop)
+
+
+def _inference_devices(value) -> list[str] | None:
+    """inference.devices: null (one device: inference.device), "all" (every visible GPU), or a list."""
+    if value is None:
+        return None
+    if value == "all":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError("inference.devices=all found no GPU")
+        return [f"cuda:{i}" for i in range(count)]
+    if isinstance(value, str) or not len(value):
+        raise ValueError(f"inference.devices must be null, all, or a list such as [cuda:0,cuda:1], got {value!r}")
+    return [str(d) for d in value]
+
+
+def _file_identity(path) -> dict:
+    """What identifies a file's content for resuming: path, size, modification time."""
+    stat = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _reconstruct(settings: Mapping, segmentation: np.ndarray, raw: np.ndarray, voxel, source: Path,
+                 inference: Mapping) -> dict | None:
+    """Slices of varying thickness -> isotropic volume (predict.py reconstruct.*): thicknesses
+    from the input's thickness.csv, a CSV or ruler marks, repositioning, interpolation."""
+    if not settings.get("enabled", False):
+        return None
+    if voxel is None:
+        raise ValueError(f"{source} carries no voxel size: give voxel_size_nm=[z,y,x] to reconstruct in nm")
+    pixel_nm = float(voxel[2])
+    grid_nm = float(settings.get("grid_nm") or pixel_nm)
+    ruler = dict(settings.get("ruler") or {})
+    band_rows = int(ruler.pop("band_rows", 0)) if settings.get("thickness") == "ruler" else 0
+    thicknesses, info = thicknesses_from(
+        settings.get("thickness", "csv"), segmentation.shape[0], folder=source if source.is_dir() else None,
+        band=raw[:, :band_rows] if band_rows else None, pixel_nm=pixel_nm, ruler=ruler,
+    )
+    inpainter = None
+    if settings.get("method") == "ml":
+        inpainter = load_inpainter(settings.get("inpainting_ckpt"), inference)
+    volume = reconstruct_stack(
+        segmentation[:, band_rows:], thicknesses, method=settings.get("method", "spline"),
+        repositioning=settings.get("repositioning", "accurate"), grid_nm=grid_nm,
+        target_nm=float(settings.get("target_nm", 10.0)), inpainter=inpainter,
+    )
+    info |= {"method": settings.get("method"), "repositioning": settings.get("repositioning"), "grid_nm": grid_nm,
+             "slices": int(segmentation.shape[0]), "grid_rows": int(volume.shape[0]),
+             "mean_thickness_nm": float(np.mean(thicknesses))}
+    print(f"reconstructed {segmentation.shape[0]} slices onto {volume.shape[0]} rows of {grid_nm:g} nm "
+          f"({settings.get('repositioning')} repositioning, {settings.get('method')})")
+    return {"volume": volume, "voxel_size_nm": (grid_nm, float(voxel[1]), float(voxel[2])), "band_rows": band_rows,
+            "info": info}
+
+
+def load_inpainter(checkpoint, inference: Mapping):
+    """inpaint_volume with the trained inpainting net of a run of experiment=inpainting."""
+    if not checkpoint:
+        raise ValueError("reconstruct.method=ml needs reconstruct.inpainting_ckpt=<run of experiment=inpainting>")
+    model, run_cfg = load_model(resolve_checkpoint(checkpoint))
+    if not hasattr(model, "probabilities") or type(model).__name__ != "InpaintingTask":
+        raise ValueError(f"{checkpoint} is a {type(model).__name__}, not an inpainting model (experiment=inpainting)")
+    device = resolve_device(inference.get("device", "auto"))
+    model = model.eval().to(device)
+    return partial(inpaint_volume, predictor=model.probabilities, patch_size=run_cfg.data.patch_size,
+                   overlap=inference.get("overlap", 0.5), device=device, progress=True)
