@@ -1,4 +1,4 @@
-"""Checkpoints of fibml's training runs: find them, rebuild their models, resume and adopt them.
+"""Checkpoints of fibml's training runs: find them, rebuild their models, resume a run.
 
 Every checkpoint train.py writes carries the run's resolved config (CONFIG_KEY, stored by
 fibml.callbacks.EmbedRunConfig) and its loggers' run ids (LOGGERS_KEY), so a model is rebuilt
@@ -14,18 +14,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.loggers import WandbLogger
 
-from fibml.channels import channel_key, channel_label
 from fibml.config import register_resolvers
 
 __all__ = [
     "CONFIG_KEY",
     "LOGGERS_KEY",
-    "adopt_branch_checkpoints",
     "build_model",
-    "load_branches",
     "load_model",
     "prepare_resume",
     "resolve_checkpoint",
@@ -71,51 +69,6 @@ def build_model(model_cfg: DictConfig):
     return instantiate(node)
 
 
-def adopt_branch_checkpoints(cfg: DictConfig) -> list[dict]:
-    """Check model.branch_ckpts against the data (one single-voltage model per voltage, same input
-    layout, same architecture), put their net config into cfg.model.net.branch so the run's own
-    config describes the model it trains, and return their branch state dicts."""
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    voltages = [channel_key(v) for v in data["voltages"]]
-    paths = [resolve_checkpoint(p) for p in cfg.model.branch_ckpts]
-    if len(paths) != len(voltages):
-        raise ValueError(
-            f"model.branch_ckpts names {len(paths)} checkpoints for the {len(voltages)} voltages {voltages} kV "
-            f"of data.voltages: give one single-voltage checkpoint per voltage, in that order"
-        )
-    nets, states = [], []
-    for path, voltage in zip(paths, voltages):
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if CONFIG_KEY not in state:
-            raise ValueError(f"{path} holds no fibml config: it was not written by fibml's train.py")
-        run = state[CONFIG_KEY]
-        trained = [channel_key(v) for v in run["data"]["voltages"]]
-        if trained != [voltage]:
-            raise ValueError(
-                f"{path} was trained on {'+'.join(map(channel_label, trained))}; this branch needs a "
-                f"single-channel model of {channel_label(voltage)}"
-            )
-        for key in ("dims", "normalize") + (("n_adjacent",) if data["dims"] == "2.5d" else ()):
-            if run["data"].get(key) != data.get(key):
-                raise ValueError(f"{path} was trained with data.{key}={run['data'].get(key)}, this run has {data.get(key)}")
-        net = dict(run["model"]["net"])
-        if not str(net.get("_target_", "")).endswith("ResidualUNet"):
-            raise ValueError(f"{path} is a {net.get('_target_')} model; late-fusion branches are single-voltage U-Nets")
-        nets.append(net)
-        states.append({k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")})
-    if any(net != nets[0] for net in nets[1:]):
-        raise ValueError(f"the branch checkpoints {[str(p) for p in paths]} have different architectures: {nets}")
-    with open_dict(cfg):
-        cfg.model.net.branch = {**nets[0], "_partial_": True}
-    log.info("late-fusion branches from %s", ", ".join(str(p) for p in paths))
-    return states
-
-
-def load_branches(model, states: list[dict]) -> None:
-    for branch, state in zip(model.net.branches, states):
-        branch.load_state_dict(state)
-
-
 def prepare_resume(cfg: DictConfig) -> str:
     """For ckpt_path = 'last', a run folder or a .ckpt: continue that run in its own folder, with
     the same wandb run id (CSV: each launch its own csv/version_<n>, the earlier ones kept).
@@ -147,9 +100,8 @@ def prepare_resume(cfg: DictConfig) -> str:
         for node in (cfg.get("logger") or {}).values():
             if not isinstance(node, DictConfig) or "_target_" not in node:
                 continue
-            kind = str(node._target_).rsplit(".", 1)[-1]
-            if kind == "WandbLogger" and ids.get(kind):
-                node.id, node.resume = ids[kind], "allow"
+            if issubclass(get_class(str(node._target_)), WandbLogger) and ids.get(WandbLogger.__name__):
+                node.id, node.resume = ids[WandbLogger.__name__], "allow"  # the ids are kept by class name
             # CSVLogger: no version given, so it writes the next one (csv/version_<n+1>) beside the
             # earlier launches': pinned to the old version it would delete that launch's metrics.csv
     log.info("resuming %s from %s (this launch's own folder keeps only its log)", run_dir, checkpoint)

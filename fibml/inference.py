@@ -99,6 +99,7 @@ from fibml.io import (
     shape_mismatch,
     write_json,
 )
+from fibml.protocols import read_region
 from fibml.sliding_window import scan_interval, sliding_window, window_starts
 
 __all__ = [
@@ -171,7 +172,7 @@ class NormalizedStack:
 
     def region(self, z: int, ys: slice, xs: slice) -> np.ndarray:
         """Rows ys and columns xs of slice z, normalised (reads only those rows when it can)."""
-        return scale_to_unit(_read_region(self.stack, z, ys, xs), self.lo, self.hi)
+        return scale_to_unit(read_region(self.stack, z, ys, xs), self.lo, self.hi)
 
     def __repr__(self) -> str:
         return f"NormalizedStack({self.stack!r}, lo={self.lo}, hi={self.hi})"
@@ -478,12 +479,6 @@ def _window_runner(predictor: Predictor, roi, overlap: float, sw_batch_size: int
     return run
 
 
-def _read_region(source, z: int, ys: slice, xs: slice) -> np.ndarray:
-    """Rows ys, columns xs of slice z of a slice source (its own .region when it has one)."""
-    region = getattr(source, "region", None)
-    return region(z, ys, xs) if region is not None else np.asarray(source[z])[ys, xs]
-
-
 class _SliceReader:
     """2D / 2.5D net inputs (n, C * k, y, x), voltage-major like PatchDataset's, for given
     slices, as a tensor on `device`. Keeps the source slices the next batch shares (2.5D
@@ -524,7 +519,7 @@ def _read_block(channels: Sequence, region) -> np.ndarray:
     out = np.empty((1, len(channels), z1 - z0, y1 - y0, x1 - x0), dtype=np.float32)
     for c, channel in enumerate(channels):
         for i, z in enumerate(range(z0, z1)):
-            out[0, c, i] = _read_region(channel, z, slice(y0, y1), slice(x0, x1))
+            out[0, c, i] = read_region(channel, z, slice(y0, y1), slice(x0, x1))
     return out
 
 

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fibml.io import atomic_path  # noqa: E402
+from fibml.protocols import read_region  # noqa: E402
 
 __all__ = [
     "backscatter_report", "markdown_table", "prediction_report", "save_comparison", "save_importances",
@@ -318,7 +319,7 @@ def prediction_report(out_dir: str | Path, segmentation_path: str | Path, image,
         save_sections(out_dir / "sections.png", _CentralSections(image), _CentralSections(segmentation),
                       voxel_size_nm=voxel, title=f"{Path(segmentation_path).name}, {segmentation.shape} voxels")
         window = [_centred(n, crop) for n in segmentation.shape]
-        block = np.stack([_read(segmentation, z, window[1], window[2]) for z in range(window[0].start, window[0].stop)])
+        block = np.stack([read_region(segmentation, z, window[1], window[2]) for z in range(window[0].start, window[0].stop)])
     finally:
         segmentation.close()
     anisotropy = {k: v for k, v in anisotropy_columns(block, voxel_size_nm).items() if k != "curves"}
@@ -355,20 +356,13 @@ class _CentralSections:
         z, y, x = (n // 2 for n in self.shape)
         self.xy = np.asarray(source[z])
         full = slice(None)
-        self.xz = np.stack([_read(source, i, slice(y, y + 1), full)[0] for i in range(self.shape[0])])
-        self.yz = np.stack([_read(source, i, full, slice(x, x + 1))[:, 0] for i in range(self.shape[0])])
+        self.xz = np.stack([read_region(source, i, slice(y, y + 1), full)[0] for i in range(self.shape[0])])
+        self.yz = np.stack([read_region(source, i, full, slice(x, x + 1))[:, 0] for i in range(self.shape[0])])
 
     def __getitem__(self, cut) -> np.ndarray:
         if isinstance(cut[0], int):
             return self.xy
         return self.xz if isinstance(cut[1], int) else self.yz
-
-
-def _read(source, z: int, ys: slice, xs: slice) -> np.ndarray:
-    """Rows ys, columns xs of slice z: only those rows where the source can (LazyStack.region)."""
-    if hasattr(source, "region"):
-        return np.asarray(source.region(z, ys, xs))
-    return np.asarray(source[z])[ys, xs]
 
 
 def _centred(n: int, size: int) -> slice:

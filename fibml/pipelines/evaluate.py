@@ -33,6 +33,7 @@ from fibml.pipelines.common import (
     voltage_weights,
 )
 from fibml.pipelines.scoring import phase_count, phase_names, truth_slices, write_method
+from fibml.protocols import INPAINTING, task_of
 from fibml.report import save_comparison, save_sections, save_tpcf, write_table
 
 __all__ = ["UnlabelledStack", "evaluate", "evaluate_model"]
@@ -73,7 +74,7 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
     for spec in specs:
         checkpoint = resolve_checkpoint(spec)
         model, run_cfg = load_model(checkpoint)
-        if type(model).__name__ == "InpaintingTask":
+        if task_of(model) == INPAINTING:
             raise ValueError(
                 f"{checkpoint} is an inpainting model, not a segmentation: use it with predict.py "
                 f"reconstruct.method=ml reconstruct.inpainting_ckpt=... or benchmarks/thickness_comparison.py"

@@ -30,6 +30,7 @@ from fibml.io import (
 )
 from fibml.pipelines.common import data_settings
 from fibml.pipelines.translate import translate
+from fibml.protocols import INPAINTING, SEGMENTATION, task_of
 from fibml.reconstruct.inpainting import inpaint_volume
 from fibml.reconstruct.pipeline import reconstruct_stack, thicknesses_from
 from fibml.report import prediction_report
@@ -56,7 +57,7 @@ def predict(cfg: DictConfig) -> Path:
 
     checkpoint = resolve_checkpoint(cfg.ckpt_path)
     model, run_cfg = load_model(checkpoint)
-    if not hasattr(model, "probabilities") or "n_classes" not in run_cfg.model:
+    if task_of(model) != SEGMENTATION:
         raise ValueError(f"{checkpoint} holds a {type(model).__name__}: predict.py segments with a segmentation "
                          "model (task=translate runs a CycleGAN)")
     settings = data_settings(run_cfg.data)
@@ -316,7 +317,7 @@ def load_inpainter(checkpoint, inference: Mapping):
     if not checkpoint:
         raise ValueError("reconstruct.method=ml needs reconstruct.inpainting_ckpt=<run of experiment=inpainting>")
     model, run_cfg = load_model(resolve_checkpoint(checkpoint))
-    if not hasattr(model, "probabilities") or type(model).__name__ != "InpaintingTask":
+    if task_of(model) != INPAINTING:
         raise ValueError(f"{checkpoint} is a {type(model).__name__}, not an inpainting model (experiment=inpainting)")
     device = resolve_device(inference.get("device", "auto"))
     model = model.eval().to(device)

@@ -10,14 +10,17 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fibml.callbacks import EmbedRunConfig
-from fibml.checkpoints import adopt_branch_checkpoints, build_model, load_branches, prepare_resume
+from fibml.channels import channel_key, channel_label
+from fibml.checkpoints import CONFIG_KEY, build_model, prepare_resume, resolve_checkpoint
 from fibml.config import register_resolvers
 from fibml.io import write_json
+from fibml.nets.unet import ResidualUNet
 from fibml.pipelines.common import format_weights, method_name, voltage_weights
 from fibml.pipelines.evaluate import evaluate_model
 
@@ -37,11 +40,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     resume = prepare_resume(cfg) if cfg.get("ckpt_path") else None
-    branches = adopt_branch_checkpoints(cfg) if cfg.model.get("branch_ckpts") else None
+    branches = _adopt_branch_checkpoints(cfg) if cfg.model.get("branch_ckpts") else None
     datamodule = instantiate(cfg.data)
     model = build_model(cfg.model)
     if branches:
-        load_branches(model, branches)
+        _load_branches(model, branches)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_config.pop("hydra", None)
     callbacks = _instantiate_group(cfg.get("callbacks")) + [EmbedRunConfig(run_config)]
@@ -117,8 +120,11 @@ def train_objective(cfg: DictConfig) -> float | None:
 def _finish_loggers(loggers: list) -> None:
     """Close the wandb run, so the next run in this process (a sweep trial, a test) gets its own."""
     for logger in loggers:
-        if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
-            logger.experiment.finish()
+        if isinstance(logger, WandbLogger):
+            import wandb  # imported only when a wandb logger is configured: it is slow to import
+
+            if wandb.run is not None:  # the logger's run, once it was started (WandbLogger.experiment)
+                wandb.finish()
 
 
 def _instantiate_group(group: DictConfig | None) -> list:
@@ -126,3 +132,55 @@ def _instantiate_group(group: DictConfig | None) -> list:
     if not group:
         return []
     return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def _adopt_branch_checkpoints(cfg: DictConfig) -> list[dict]:
+    """Check model.branch_ckpts against the data (one single-voltage model per voltage, same input
+    layout, same architecture), put their net config into cfg.model.net.branch so the run's own
+    config describes the model it trains, and return their branch state dicts."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    voltages = [channel_key(v) for v in data["voltages"]]
+    paths = [resolve_checkpoint(p) for p in cfg.model.branch_ckpts]
+    if len(paths) != len(voltages):
+        raise ValueError(
+            f"model.branch_ckpts names {len(paths)} checkpoints for the {len(voltages)} voltages {voltages} kV "
+            f"of data.voltages: give one single-voltage checkpoint per voltage, in that order"
+        )
+    nets, states = [], []
+    for path, voltage in zip(paths, voltages):
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if CONFIG_KEY not in state:
+            raise ValueError(f"{path} holds no fibml config: it was not written by fibml's train.py")
+        run = state[CONFIG_KEY]
+        trained = [channel_key(v) for v in run["data"]["voltages"]]
+        if trained != [voltage]:
+            raise ValueError(
+                f"{path} was trained on {'+'.join(map(channel_label, trained))}; this branch needs a "
+                f"single-channel model of {channel_label(voltage)}"
+            )
+        for key in ("dims", "normalize") + (("n_adjacent",) if data["dims"] == "2.5d" else ()):
+            if run["data"].get(key) != data.get(key):
+                raise ValueError(f"{path} was trained with data.{key}={run['data'].get(key)}, this run has {data.get(key)}")
+        net = dict(run["model"]["net"])
+        if not _is_unet(net.get("_target_")):
+            raise ValueError(f"{path} is a {net.get('_target_')} model; late-fusion branches are single-voltage U-Nets")
+        nets.append(net)
+        states.append({k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")})
+    if any(net != nets[0] for net in nets[1:]):
+        raise ValueError(f"the branch checkpoints {[str(p) for p in paths]} have different architectures: {nets}")
+    with open_dict(cfg):
+        cfg.model.net.branch = {**nets[0], "_partial_": True}
+    log.info("late-fusion branches from %s", ", ".join(str(p) for p in paths))
+    return states
+
+
+def _load_branches(model, states: list[dict]) -> None:
+    for branch, state in zip(model.net.branches, states):
+        branch.load_state_dict(state)
+
+
+def _is_unet(target) -> bool:
+    try:
+        return issubclass(get_class(str(target)), ResidualUNet)
+    except (ImportError, ValueError, AttributeError):  # a target this fibml does not know
+        return False

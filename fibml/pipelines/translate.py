@@ -14,6 +14,7 @@ from fibml.checkpoints import load_model, resolve_checkpoint
 from fibml.data.unpaired import domain_scaling, from_unit, to_unit
 from fibml.inference import predict_volume, resolve_device
 from fibml.io import read_dataset, write_dataset
+from fibml.protocols import TRANSLATION, task_of
 
 __all__ = ["translate"]
 
@@ -28,7 +29,7 @@ def translate(cfg: DictConfig) -> Path:
     translation is (it may rise while the generators learn the target's look)."""
     checkpoint = resolve_checkpoint(cfg.ckpt_path, prefer=("last.ckpt", "best.ckpt"))
     model, run_cfg = load_model(checkpoint)
-    if not hasattr(model, "translate"):
+    if task_of(model) != TRANSLATION:
         raise ValueError(f"{checkpoint} holds a {type(model).__name__}: task=translate needs a CycleGAN run "
                          "(experiment=cyclegan_sim or cyclegan_da)")
     direction = cfg.get("direction") or "ab"

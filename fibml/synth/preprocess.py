@@ -19,7 +19,7 @@ images, bse_<V>kV.tif: the source domain of the simulation CycleGAN), formula_et
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from fibml.checkpoints import load_model, resolve_checkpoint
 from fibml.io import LABELS, read_manifest, read_stack, write_dataset
+from fibml.protocols import BACKSCATTER, EtaModel, task_of
 from fibml.synth.imaging import _check_labels, _reflect_index
 from fibml.synth.physics import Material, backscatter_coefficient, get_material
 
@@ -42,7 +43,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BOUNDARIES = ("periodic", "reflect")
-EtaModel = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (Z, E keV, depth nm) -> eta
 
 
 def depth_weights(
@@ -202,7 +202,7 @@ def resolve_eta_model(spec: EtaModel | str | Path) -> tuple[EtaModel, str]:
         return formula_eta, "formula_eta (Hunger-Kuchler approximation)"
     checkpoint = resolve_checkpoint(spec)
     model, _ = load_model(checkpoint)
-    if not hasattr(model, "predict_eta"):
+    if task_of(model) != BACKSCATTER:
         raise ValueError(f"{checkpoint} holds a {type(model).__name__}, not a backscatter ANN (BackscatterTask)")
     return model.predict_eta, str(checkpoint)
 

@@ -9,6 +9,7 @@ preprocessing of fibml.synth.preprocess.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import numpy as np
 import pytorch_lightning as pl
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanSquaredError, R2Score
 
 from fibml.data.backscatter import FEATURE_SCALE, scale_features
+from fibml.protocols import BACKSCATTER
 from fibml.tasks.optim import optimizer_config
 
 __all__ = ["BackscatterTask"]
@@ -32,6 +34,8 @@ class BackscatterTask(pl.LightningModule):
         (fibml.data.backscatter.scale_features); must equal the datamodule's.
     Logs train/loss, val/loss, val/r2, val/rmse (and test/... in trainer.test) per epoch.
     """
+
+    task: ClassVar[str] = BACKSCATTER  # fibml.protocols: the ML simulation's eta model
 
     def __init__(
         self,

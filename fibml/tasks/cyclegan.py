@@ -11,6 +11,7 @@ discriminators fed generated images through 50-image pools, their loss halved.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import pytorch_lightning as pl
 import torch
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from fibml.nets.gan import ImagePool
+from fibml.protocols import TRANSLATION
 
 __all__ = ["DIRECTIONS", "CycleGANTask", "linear_decay"]
 
@@ -49,6 +51,8 @@ class CycleGANTask(pl.LightningModule):
     Logs train/loss_g (= loss_gan + loss_cycle + loss_identity, the weighted terms), train/loss_d,
     and val/cycle (mean L1 error of a -> b -> a and b -> a -> b, in [-1, 1] units) as val/loss.
     """
+
+    task: ClassVar[str] = TRANSLATION  # fibml.protocols: predict.py task=translate runs it
 
     def __init__(
         self,

@@ -9,12 +9,14 @@ metrics count the masked rows alone, and ``probabilities`` returns the known lab
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import Tensor, nn
 
+from fibml.protocols import INPAINTING
 from fibml.tasks.segmentation import SegmentationTask
 
 __all__ = ["IMAGE_CHANNEL", "KNOWN_CHANNEL", "InpaintingTask", "MaskedDiceCELoss", "known_rows"]
@@ -28,6 +30,8 @@ class InpaintingTask(SegmentationTask):
     loss: called as loss(logits, target, unknown) with unknown a bool (B, h, w) mask of the
         pixels to learn (e.g. MaskedDiceCELoss). Other arguments as SegmentationTask's.
     """
+
+    task: ClassVar[str] = INPAINTING  # not a segmentation of images: predict.py and evaluate.py refuse it
 
     def __init__(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import pytorch_lightning as pl
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from fibml.metrics.confusion import MeanDiceScore, MisplacedPixels, MisplacedSolidPixels
+from fibml.protocols import SEGMENTATION
 from fibml.tasks.optim import optimizer_config
 
 __all__ = ["SegmentationTask"]
@@ -23,6 +25,8 @@ class SegmentationTask(pl.LightningModule):
         to_onehot_y). optimizer / scheduler: partials completed here (Hydra `_partial_: true`).
     Logs loss and MP / MGP / MDS (fibml.metrics.confusion) per epoch for train and val.
     """
+
+    task: ClassVar[str] = SEGMENTATION  # fibml.protocols: what a pipeline may use the model for
 
     def __init__(
         self,
