@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = ["Channel", "channel_key", "channel_label"]
 
-_CHANNEL_RE = re.compile(r"^([a-z][a-z0-9]*)_(\d+(?:\.\d+)?)kV$", re.IGNORECASE)
+CHANNEL_RE = re.compile(r"^([a-z][a-z0-9]*)_(\d+(?:\.\d+)?)kV$", re.IGNORECASE)
 
 Channel = float | str
 
@@ -31,7 +31,7 @@ def channel_key(channel) -> Channel:
         return float(text)
     except ValueError:
         pass
-    match = _CHANNEL_RE.match(text)
+    match = CHANNEL_RE.match(text)
     if not match:
         raise ValueError(
             f"{channel!r} is not an image channel: give a BSE voltage in kV (2) or a detector stack name "

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 import fibml
-import fibml.io
+import fibml.io.dataset
 import fibml.synth.dataset
 from fibml.channels import channel_key, channel_label
 from fibml.io import (
@@ -227,7 +227,7 @@ def test_write_dataset_refuses_existing_folder_unless_overwrite(tmp_path):
 
 
 def _fail_on_second_call(monkeypatch):
-    real = fibml.io.write_stack
+    real = fibml.io.dataset.write_stack
     calls = []
 
     def flaky(*args, **kwargs):
@@ -236,7 +236,7 @@ def _fail_on_second_call(monkeypatch):
             raise OSError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fibml.io, "write_stack", flaky)
+    monkeypatch.setattr(fibml.io.dataset, "write_stack", flaky)  # where write_dataset looks it up
     return calls
 
 
