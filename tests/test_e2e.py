@@ -88,6 +88,7 @@ def test_train_evaluate_predict(tiny_dataset, tmp_path):
         predict(pcfg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_learns_a_batch_and_evaluates(experiment, request, tmp_path):
     """Each experiment's model, built from its config, overfits one batch - the training loss of

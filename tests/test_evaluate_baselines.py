@@ -15,6 +15,7 @@ from tests.conftest import compose_config
 ANISOTROPY_KEYS = {"e_tpcf": "e_TPCF", "e_lpf": "e_LPF", "e_d": "e_D"}  # anisotropy_report key -> table column
 
 
+@pytest.mark.slow
 def test_kmeans_alone_on_a_dataset_one_row_per_voltage(tiny_dataset, tmp_path):
     cfg = compose_config("evaluate", ["method=kmeans", f"data_dir={tiny_dataset}"], tmp_path)
     rows = evaluate(cfg)

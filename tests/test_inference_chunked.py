@@ -392,6 +392,7 @@ def test_inputs_are_checked_before_anything_is_written(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_two_worker_processes_write_the_same_files_as_one(tmp_path):
     images = _images((2, 12, 32, 32))

@@ -94,6 +94,7 @@ def _drifted_dataset(tmp_path: Path) -> tuple[Path, np.ndarray, dict]:
     return folder, drift, offsets
 
 
+@pytest.mark.slow
 def test_registration_recovers_the_drift_and_its_shifts_can_be_reapplied(model_run, tmp_path):
     folder, drift, offsets = _drifted_dataset(tmp_path)
     out = _predict(model_run, folder, tmp_path / "registered", tmp_path, "registration.enabled=true")
@@ -112,6 +113,7 @@ def test_registration_recovers_the_drift_and_its_shifts_can_be_reapplied(model_r
     np.testing.assert_array_equal(read_stack(again / "segmentation.tif")[0], read_stack(out / "segmentation.tif")[0])
 
 
+@pytest.mark.slow
 def test_registration_is_applied_before_prediction(model_run, tmp_path):
     """A known drift in, an aligned segmentation out: every slice of the drifted stack shows the
     same image, so once registered each must be segmented as that image is (the undrifted stack,

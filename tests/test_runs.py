@@ -120,6 +120,7 @@ def test_branch_checkpoints_must_match_the_voltages(single_runs, tiny_dataset, t
         train(compose_config("train", base + [two], tmp_path / "b"))
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run(tiny_dataset, tmp_path):
     overrides = FAST_TRAIN + [f"data.data_dir={tiny_dataset}", "evaluate=false", "logger=wandb",
                               "trainer.max_epochs=1"]
@@ -184,6 +185,7 @@ def test_a_training_stopped_by_sigterm_is_not_taken_for_finished(tiny_dataset, t
     assert not (Path(cfg.paths.output_dir) / "metrics.md").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_compares_several_methods_on_the_same_slices(single_runs, tiny_dataset, tmp_path):
     from fibml.pipelines.evaluate import evaluate
 
@@ -224,6 +226,7 @@ def test_evaluate_refuses_methods_scored_on_different_slices(single_runs, tiny_d
         evaluate(cfg)
 
 
+@pytest.mark.slow
 def test_evaluate_a_stack_without_labels(single_runs, tiny_dataset, tmp_path):
     """A real acquisition has no labels.tif: every slice is predicted and the measures that need
     no ground truth are reported (solid fraction, anisotropy errors), alone or compared."""

@@ -57,6 +57,7 @@ def test_labels_beyond_the_model_classes_are_refused(tiny_electrode, tmp_path):
         train(cfg)
 
 
+@pytest.mark.slow
 def test_baselines_on_two_detectors_rank_as_in_the_paper(tiny_electrode, tmp_path):
     cfg = compose_config("evaluate", [
         "method=[double_threshold,triple_threshold,random_forest]", f"data_dir={tiny_electrode}",

@@ -89,6 +89,7 @@ def test_translate_refuses_a_segmentation_checkpoint(tiny_dataset, tmp_path):
         predict(pcfg)
 
 
+@pytest.mark.slow
 def test_cyclegan_sim_synthesises_both_domains_and_trains(tmp_path):
     """experiment=cyclegan_sim from scratch: the depth-weighted source and the Monte Carlo target of
     one (tiny) structure are generated and cached, then a training step runs."""
