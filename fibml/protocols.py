@@ -8,7 +8,8 @@ those that can read a crop of a slice without the rest are region sources too, a
 
 Trained models: every task declares what it is for in a class attribute ``task`` (one of
 TASKS), so a pipeline asks a checkpoint's model for its task instead of its class name; the
-methods each task offers are the protocols below.
+methods each task offers are the protocols below, as are the optional reports of a fusion net
+(its voltage weights) and of a classical baseline (its rule, its feature ranking).
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ __all__ = [
     "TASKS",
     "TRANSLATION",
     "EtaModel",
+    "RanksFeatures",
     "RegionSource",
     "Segmenter",
     "SliceSource",
+    "StatesRule",
     "Translator",
+    "WeighsVoltages",
     "read_region",
     "task_of",
 ]
@@ -77,6 +81,32 @@ class Translator(Protocol):
     task: ClassVar[str]
 
     def translate(self, x: Tensor, direction: str = "ab") -> Tensor: ...
+
+
+@runtime_checkable
+class WeighsVoltages(Protocol):
+    """A fusion net that learns a weight per voltage (the late-fusion vote): reported with its results."""
+
+    n_voltages: int
+
+    def voltage_weights(self) -> list[float]: ...
+
+
+@runtime_checkable
+class StatesRule(Protocol):
+    """A fitted classical baseline that states its rule in one line (the thresholds it found)."""
+
+    def describe(self) -> str: ...
+
+
+@runtime_checkable
+class RanksFeatures(Protocol):
+    """A fitted classical baseline that ranks its input features (the random forest, Fig. 3 of
+    random-forest-multi-detector.txt): importances per filter group, and per phase."""
+
+    def feature_importances(self, by=("group",)) -> list[dict]: ...
+
+    def class_importances(self, images, labels, n_repeats: int = 3, max_samples: int = 5000) -> list[dict]: ...
 
 
 class EtaModel(Protocol):

@@ -1,5 +1,7 @@
 """The declared interfaces: every task says what it is for, crops are read where a source can."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -7,13 +9,19 @@ from torch import nn
 
 from fibml.inference import NormalizedStack
 from fibml.io import open_stack, write_stack
+from fibml.baselines import KMeansSegmenter, MultiThreshold, OtsuThreshold, RandomForestSegmenter
+from fibml.nets.fusion import LateFusion
+from fibml.nets.unet import ResidualUNet
 from fibml.protocols import (
     BACKSCATTER,
     INPAINTING,
     SEGMENTATION,
     TRANSLATION,
+    RanksFeatures,
     RegionSource,
     SliceSource,
+    StatesRule,
+    WeighsVoltages,
     read_region,
     task_of,
 )
@@ -62,3 +70,15 @@ def test_read_region_reads_a_crop_where_the_source_can(tmp_path):
     assert counting.reads == 1
     assert not isinstance(torch.zeros(3), RegionSource)
     np.testing.assert_array_equal(read_region(stack, 0, slice(1, 2), slice(None)), stack[0, 1:2])
+
+
+def test_optional_reports_are_declared():
+    # a late-fusion net reports its voltage weights, a U-Net has none
+    late = LateFusion(partial(ResidualUNet, in_channels=1, spatial_dims=2, features=[4, 8], out_channels=2), 3, 2)
+    assert isinstance(late, WeighsVoltages) and len(late.voltage_weights()) == 3
+    assert not isinstance(ResidualUNet(in_channels=3, out_channels=2, spatial_dims=2, features=[4, 8]), WeighsVoltages)
+    # thresholds state their rule, the random forest ranks its features, k-means does neither
+    assert isinstance(MultiThreshold(), StatesRule) and not isinstance(MultiThreshold(), RanksFeatures)
+    assert isinstance(RandomForestSegmenter(), RanksFeatures)
+    for plain in (KMeansSegmenter(), OtsuThreshold()):
+        assert not isinstance(plain, StatesRule) and not isinstance(plain, RanksFeatures)

@@ -15,6 +15,7 @@ from fibml.io import LABELS, available_channels, read_dataset
 from fibml.metrics.table import score_row
 from fibml.pipelines.common import as_list, channels_text
 from fibml.pipelines.scoring import phase_count, phase_names, truth_slices, write_method
+from fibml.protocols import RanksFeatures, StatesRule
 from fibml.report import save_importances, write_table
 
 __all__ = ["all_channels", "baseline_jobs", "evaluate_baseline", "method_names"]
@@ -129,14 +130,13 @@ def _baseline_report(segmenter, images, labels, out_dir: Path, name: str, phases
     """What a fitted baseline can tell about itself: the thresholds it found (a column of its
     row), the random forest's feature importances per filter group (tables, Fig. 3)."""
     extra = {}
-    if hasattr(segmenter, "describe"):
+    if isinstance(segmenter, StatesRule):
         extra["rule"] = segmenter.describe()
-    if hasattr(segmenter, "feature_importances"):
+    if isinstance(segmenter, RanksFeatures):
         out_dir.mkdir(parents=True, exist_ok=True)
         write_table(segmenter.feature_importances(by=("group",)), out_dir / "feature_importances")
         write_table(segmenter.feature_importances(by=("group", "channel")), out_dir / "feature_importances_per_channel")
-        if hasattr(segmenter, "class_importances"):
-            per_class = segmenter.class_importances(images, labels)
-            write_table(per_class, out_dir / "feature_importances_per_class")
-            save_importances(out_dir / "feature_importances.png", per_class, phases, title=f"{name}: importance per filter group")
+        per_class = segmenter.class_importances(images, labels)
+        write_table(per_class, out_dir / "feature_importances_per_class")
+        save_importances(out_dir / "feature_importances.png", per_class, phases, title=f"{name}: importance per filter group")
     return extra

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from fibml.channels import channel_key, channel_label
 from fibml.inference import predict_volume, resolve_device
+from fibml.protocols import SEGMENTATION, WeighsVoltages, task_of
 
 __all__ = [
     "as_list",
@@ -50,9 +51,9 @@ def channels_text(channels) -> str:
 
 def voltage_weights(model, voltages) -> dict[str, float]:
     """{'1kV': w, ...}: the learned weight of each voltage of a late-fusion model, else {}."""
-    net = getattr(model, "net", None)
-    if not hasattr(net, "voltage_weights"):
+    if task_of(model) != SEGMENTATION or not isinstance(model.net, WeighsVoltages):
         return {}
+    net = model.net
     names = [channel_label(v) for v in voltages] if voltages is not None else [
         f"branch{i}" for i in range(net.n_voltages)
     ]

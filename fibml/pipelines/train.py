@@ -23,6 +23,7 @@ from fibml.io import write_json
 from fibml.nets.unet import ResidualUNet
 from fibml.pipelines.common import format_weights, method_name, voltage_weights
 from fibml.pipelines.evaluate import evaluate_model
+from fibml.protocols import SEGMENTATION, WeighsVoltages, task_of
 
 __all__ = ["TrainingStopped", "train", "train_objective"]
 
@@ -69,7 +70,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             )
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     evaluate, report = cfg.get("evaluate", False), cfg.get("report")
-    has_weights = hasattr(getattr(model, "net", None), "voltage_weights")
+    has_weights = task_of(model) == SEGMENTATION and isinstance(model.net, WeighsVoltages)
     if (evaluate or report or has_weights) and trainer.is_global_zero:
         # the checkpoint that monitors a metric (the other one keeps last.ckpt): what evaluate.py
         # scores, so the report, the test metrics and voltage_weights.json all describe it
