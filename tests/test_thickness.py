@@ -73,6 +73,12 @@ def test_check_thicknesses_names_the_bad_slice_and_the_length():
         check_thicknesses([10, 10, 10], n_slices=4)
     with pytest.raises(ValueError, match=r"got shape \(2, 2\)"):
         check_thicknesses([[10, 10], [10, 10]])
+    # one slice is a stack; none is not; the message names "thicknesses" unless told otherwise
+    np.testing.assert_array_equal(check_thicknesses([7.5]), [7.5])
+    with pytest.raises(ValueError, match=r"^thicknesses: expected a list of slice thicknesses in nm, got shape \(0,\)$"):
+        check_thicknesses([])
+    with pytest.raises(ValueError, match=r"^thicknesses: slice thicknesses must be positive"):
+        check_thicknesses([0.0, 10])
 
 
 # ----------------------------------------------------------------------------- mimicking stack
