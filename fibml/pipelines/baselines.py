@@ -22,6 +22,7 @@ __all__ = ["all_channels", "baseline_jobs", "evaluate_baseline", "method_names"]
 
 
 def method_names() -> list[str]:
+    """The baselines evaluate.py knows: the names of configs/method/*.yaml."""
     return sorted(p.stem for p in (Path(CONFIG_DIR) / "method").glob("*.yaml"))
 
 

@@ -26,12 +26,14 @@ __all__ = [
 
 
 def as_list(value) -> list:
+    """A config value as a list: None -> [], a list (or ListConfig) as it is, anything else as [value]."""
     if value is None:
         return []
     return list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else [value]
 
 
 def slug(name: str) -> str:
+    """A method name as a folder name: runs of other characters than letters, digits, '.', '+', '-' become '_'."""
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", name).strip("_")
 
 
@@ -61,6 +63,7 @@ def voltage_weights(model, voltages) -> dict[str, float]:
 
 
 def format_weights(weights: Mapping[str, float]) -> str:
+    """Voltage weights for a table cell: '1kV 0.80, 2kV 0.16, 4kV 0.04'."""
     return ", ".join(f"{name} {w:.2f}" for name, w in weights.items())
 
 
@@ -71,6 +74,8 @@ def data_settings(data) -> dict:
 
 
 def predict_probabilities(model, images: np.ndarray, settings: dict, inference: Mapping, z_range: range | None = None) -> np.ndarray:
+    """Class probabilities (n_classes, z, y, x) of a model over the slices z_range of images
+    (channel, z, y, x), in memory, with the inference settings of the config."""
     device = resolve_device(inference.get("device", "auto"))
     model = model.eval().to(device)
     return predict_volume(

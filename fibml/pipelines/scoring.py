@@ -15,6 +15,7 @@ __all__ = ["phase_count", "phase_names", "truth_slices", "write_method"]
 
 
 def truth_slices(data, z: range) -> np.ndarray | None:
+    """The labels of slices z of a dataset or datamodule, or None when it has no labels."""
     return None if data.labels is None else data.labels[z.start : z.stop]
 
 
@@ -27,6 +28,7 @@ def phase_count(data) -> int:
 
 
 def phase_names(data, n: int) -> list[str]:
+    """Names of the n phases: the manifest's, then 'phase <i>'."""
     names = list((data.dataset.manifest or {}).get("phases") or ["pore", "solid"])
     return [names[i] if i < len(names) else f"phase {i}" for i in range(n)]
 
