@@ -124,7 +124,8 @@ def test_morphology_columns_in_the_comparison_match_the_metrics_of_each_predicti
 
 
 def test_morphology_columns_are_nan_where_undefined_and_settings_are_checked():
-    from fibml.metrics.table import morphology_columns, morphology_settings
+    from fibml.metrics.table import morphology_columns
+    from fibml.pipelines.evaluate import morphology_settings
 
     solid = np.ones((6, 8, 8), np.uint8)  # no pore at all
     columns = morphology_columns(solid, (2.0, 2.0, 2.0), phase=0)

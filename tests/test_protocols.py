@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from fibml.baselines import KMeansSegmenter, MultiThreshold, OtsuThreshold, RandomForestSegmenter
 from fibml.inference import NormalizedStack
 from fibml.io import open_stack, write_stack
-from fibml.baselines import KMeansSegmenter, MultiThreshold, OtsuThreshold, RandomForestSegmenter
 from fibml.nets.fusion import LateFusion
 from fibml.nets.unet import ResidualUNet
 from fibml.protocols import (

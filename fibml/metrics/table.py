@@ -13,11 +13,10 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from fibml.metrics.anisotropy import anisotropy_report, resample_nearest
 from fibml.metrics.confusion import segmentation_scores
-from fibml.metrics.morphology import INLETS, constrictivity, geodesic_tortuosity
+from fibml.metrics.morphology import constrictivity, geodesic_tortuosity
 
 __all__ = [
     "ANISOTROPY",
@@ -25,7 +24,6 @@ __all__ = [
     "MORPHOLOGY",
     "anisotropy_columns",
     "morphology_columns",
-    "morphology_settings",
     "score_row",
 ]
 
@@ -38,7 +36,8 @@ def score_row(name: str, split: str, z: range, prediction: np.ndarray, truth: np
     """MP / MGP / MDS / awe and the IoU of each phase against the truth, and the anisotropy
     errors (eq. 4, 5) of the prediction alone: the numbers a user can also get for real data
     without ground truth. The S2 curves go into ``curves[name]`` when a dict is given (for tpcf.png).
-    With ``morphology`` (settings from morphology_settings), also the prediction's tortuosity and
+    With ``morphology`` (keyword arguments of morphology_columns, e.g. from
+    fibml.pipelines.evaluate.morphology_settings), also the prediction's tortuosity and
     constrictivity (morphology_columns)."""
     row = {"method": name, "split": f"{split} (z {z.start}-{z.stop - 1})"}
     if truth is not None:
@@ -83,20 +82,6 @@ AXES = "zyx"
 MORPHOLOGY = [f"tau {a}" for a in AXES] + ["beta"]
 
 
-def morphology_settings(node) -> dict | None:
-    """evaluate.yaml's ``morphology`` node as keyword arguments of morphology_columns, or None when off."""
-    if not node or not node.get("enabled", False):
-        return None
-    axes = [str(a) for a in _as_list(node.get("axes", list(AXES)))]
-    unknown = [a for a in axes if a not in AXES]
-    if unknown or not axes:
-        raise ValueError(f"morphology.axes must name some of z, y, x, got {axes}")
-    inlet = node.get("inlet", "z0")
-    if inlet is not None and str(inlet) not in INLETS:
-        raise ValueError(f"morphology.inlet must be one of {', '.join(INLETS)} or null, got {inlet!r}")
-    return {"phase": int(node.get("phase", 0)), "axes": axes, "inlet": None if inlet is None else str(inlet)}
-
-
 def morphology_columns(volume: np.ndarray, voxel_size_nm=None, phase: int = 0, axes=AXES,
                        inlet: str | None = "z0") -> dict:
     """Mean geodesic tortuosity of ``phase`` along each of ``axes`` ("tau z", "tau y", "tau x") and its
@@ -118,9 +103,3 @@ def morphology_columns(volume: np.ndarray, voxel_size_nm=None, phase: int = 0, a
             geodesic_tortuosity(labels, phase, k, size)["mean"] if labels.shape[k] > 1 else math.nan
         )
     return columns | {"beta": constrictivity(labels, phase, size, inlet=inlet)["beta"]}
-
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    return list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else [value]

@@ -14,12 +14,13 @@ from fibml.channels import channel_key
 from fibml.checkpoints import load_model, resolve_checkpoint
 from fibml.data.transforms import normalize_channels
 from fibml.io import LABELS, read_dataset
+from fibml.metrics.morphology import INLETS
 from fibml.metrics.table import (
     ANISOTROPY,
+    AXES,
     MORPHOLOGY,
     anisotropy_columns,
     morphology_columns,
-    morphology_settings,
     score_row,
 )
 from fibml.pipelines.baselines import all_channels, baseline_jobs, evaluate_baseline, method_names
@@ -36,7 +37,7 @@ from fibml.pipelines.scoring import phase_count, phase_names, truth_slices, writ
 from fibml.protocols import INPAINTING, task_of
 from fibml.report import save_comparison, save_sections, save_tpcf, write_table
 
-__all__ = ["UnlabelledStack", "evaluate", "evaluate_model"]
+__all__ = ["UnlabelledStack", "evaluate", "evaluate_model", "morphology_settings"]
 
 
 def evaluate(cfg: DictConfig) -> dict | list[dict]:
@@ -139,6 +140,20 @@ def _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predi
     method_curves = {key: curves[key] for key in ("ground truth", name) if key in curves}
     write_method(out_dir, row, prediction, datamodule, z, save_predictions, print_table, method_curves)
     return row, prediction
+
+
+def morphology_settings(node) -> dict | None:
+    """evaluate.yaml's ``morphology`` node as keyword arguments of morphology_columns, or None when off."""
+    if not node or not node.get("enabled", False):
+        return None
+    axes = [str(a) for a in as_list(node.get("axes", list(AXES)))]
+    unknown = [a for a in axes if a not in AXES]
+    if unknown or not axes:
+        raise ValueError(f"morphology.axes must name some of z, y, x, got {axes}")
+    inlet = node.get("inlet", "z0")
+    if inlet is not None and str(inlet) not in INLETS:
+        raise ValueError(f"morphology.inlet must be one of {', '.join(INLETS)} or null, got {inlet!r}")
+    return {"phase": int(node.get("phase", 0)), "axes": axes, "inlet": None if inlet is None else str(inlet)}
 
 
 def _test_datamodule(data_cfg: DictConfig, data_dir: str | None):
