@@ -10,7 +10,7 @@ import tifffile
 
 from fibml.io import read_stack, write_stack
 from fibml.metrics.anisotropy import anisotropy_report
-from fibml.pipelines.predict import predict
+from fibml.pipelines.predict import ReconstructSettings, predict
 from fibml.pipelines.train import train
 from fibml.synth.dataset import generate_dataset
 from tests.conftest import FAST_TRAIN, TINY_STRUCTURE, compose_config
@@ -179,3 +179,13 @@ def test_an_output_holding_another_result_is_kept_unless_overwrite(model_run, ti
     assert (out / "segmentation.tif").read_bytes() == before
     _predict(model_run, tiny_dataset, out, tmp_path, "overwrite=true")
     assert tifffile.imread(out / "segmentation.tif").shape == (40, 48, 48)
+
+
+def test_reconstruct_settings_are_read_once_and_checked():
+    cfg = compose_config("predict", ["ckpt_path=x", "input=y", "output=z", "reconstruct.method=nn"], Path("unused"))
+    settings = ReconstructSettings.from_config(cfg.reconstruct)
+    assert (settings.method, settings.ruler["band_rows"], settings.target_nm) == ("nn", 24, 10.0)
+    with pytest.raises(ValueError, match="reconstruct.grid is not a setting of reconstruct"):
+        ReconstructSettings.from_config({"grid": 2.5})
+    with pytest.raises(ValueError, match="reconstruct.method=ml needs reconstruct.inpainting_ckpt"):
+        ReconstructSettings.from_config({"enabled": True, "method": "ml"})

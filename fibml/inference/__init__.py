@@ -70,13 +70,23 @@ output files (chunks never overlap, nor do the bytes their writes touch) and its
 file; the parent follows the done files (progress bar, on_chunk) and finalises.
 
 The package: `windows` (prediction in memory, the net inputs), `chunks` (the chunk plan),
-`ledger` (the work folder and the records a rerun resumes from), `disk` (predict_to_disk and
-its worker processes). Their public names are importable from fibml.inference itself.
+`ledger` (the work folder, and ResumeLedger: open / resume / commit / finalise), `disk`
+(predict_to_disk: plan_prediction's checked DiskPlan, the ledger, the workers), `settings`
+(InferenceSettings, the inference keys of a config parsed once). Their public names are importable from fibml.inference itself.
 """
 
 from fibml.inference.chunks import axis_blocks, plan_chunks
-from fibml.inference.disk import predict_to_disk
-from fibml.inference.ledger import FINGERPRINT, SEGMENTATION, WORK_DIR, finished_chunks, probability_name
+from fibml.inference.disk import DiskPlan, plan_prediction, predict_to_disk
+from fibml.inference.ledger import (
+    FINGERPRINT,
+    SEGMENTATION,
+    WORK_DIR,
+    DoneFile,
+    ResumeLedger,
+    finished_chunks,
+    probability_name,
+)
+from fibml.inference.settings import InferenceSettings
 from fibml.inference.windows import (
     NormalizedStack,
     PredictorFactory,
@@ -90,12 +100,17 @@ __all__ = [
     "FINGERPRINT",
     "SEGMENTATION",
     "WORK_DIR",
+    "DiskPlan",
+    "DoneFile",
+    "InferenceSettings",
     "NormalizedStack",
     "PredictorFactory",
+    "ResumeLedger",
     "axis_blocks",
     "finished_chunks",
     "first_argmax",
     "plan_chunks",
+    "plan_prediction",
     "predict_to_disk",
     "predict_volume",
     "probability_name",

@@ -4,7 +4,6 @@ one or several devices (see fibml.inference)."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -16,21 +15,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import fibml
 from fibml.data.patches import DIMS, patch_shape
 from fibml.inference.chunks import Chunk, plan_chunks
 from fibml.inference.ledger import (
-    FINGERPRINT,
-    LEDGER,
     SEGMENTATION,
-    WORK_DIR,
+    DoneFile,
+    ResumeLedger,
     canonical,
-    clear_finished,
-    differences,
     probability_name,
-    read_json,
-    read_records,
-    start_work,
     summary_paths,
 )
 from fibml.inference.windows import (
@@ -45,9 +37,9 @@ from fibml.inference.windows import (
     slice_batches,
     window_runner,
 )
-from fibml.io import open_stack_file, shape_mismatch, write_json
+from fibml.io import open_stack_file, shape_mismatch
 
-__all__ = ["predict_to_disk"]
+__all__ = ["DiskPlan", "plan_prediction", "predict_to_disk"]
 
 
 def predict_to_disk(
@@ -101,11 +93,67 @@ def predict_to_disk(
     chunks included), paths ({"segmentation", "probabilities", "fingerprint"}).
     """
     started = time.perf_counter()
-    out_dir = Path(out_dir)
-    channels = list(channels)
+    devices = [device] if devices is None else list(devices)
+    plan = plan_prediction(
+        channels, dims=dims, patch_size=patch_size, n_adjacent=n_adjacent, overlap=overlap,
+        chunk_slices=chunk_slices, block=block, slices_per_batch=slices_per_batch, sw_batch_size=sw_batch_size,
+        n_classes=n_classes, save_probabilities=save_probabilities, voxel_size_nm=voxel_size_nm,
+    )
+    _check_run(predictor, devices, fingerprint, Path(out_dir))
+    ledger = ResumeLedger(out_dir, canonical({"settings": fingerprint, "layout": plan.layout}), plan.files)
+    finished = ledger.open(plan.shape, plan.voxel, len(plan.chunks), overwrite)
+    if finished is not None:
+        return summary_paths(
+            {**finished, "chunks_computed": 0, "chunks_resumed": finished["n_chunks"],
+             "seconds": time.perf_counter() - started, "slices_per_second": 0.0},
+            ledger.out_dir, plan.files,
+        )
+    done = ledger.committed()
+    todo = [c for c in plan.chunks if c.index not in done]
+    _predict_chunks(_Job(list(channels), plan, ledger.work, bool(reuse_memory)), predictor, devices, todo, ledger,
+                    set(done), progress, on_chunk)
+    return ledger.finalise(_summary(plan, ledger.committed(), todo, len(done), ledger.work, started))
 
-    # --- validate everything before anything is written
-    shape = _check_channels(channels)
+
+@dataclass(frozen=True)
+class DiskPlan:
+    """What predict_to_disk settles before it writes anything: the checked settings, the chunks,
+    the output files and the layout that goes into the fingerprint."""
+
+    shape: tuple[int, int, int]
+    dims: str
+    roi: tuple[int, ...]
+    k: int  # slices per net input: n_adjacent for 2.5D, else 1
+    overlap: float
+    sw_batch_size: int
+    slices_per_batch: int
+    n_classes: int
+    save_probabilities: bool
+    voxel: list[float] | None
+    chunks: list[Chunk]
+    chunking: list
+    files: list[str]  # probability_class<c>.tif first, segmentation.tif last
+
+    @property
+    def plane(self) -> int:
+        return self.shape[1] * self.shape[2]
+
+    @property
+    def layout(self) -> dict:
+        """The settings that decide the output files' content and layout (part of the fingerprint)."""
+        return {
+            "shape": list(self.shape), "dims": self.dims, "patch": list(self.roi), "overlap": self.overlap,
+            "n_adjacent": self.k, "chunking": self.chunking, "n_classes": self.n_classes,
+            "save_probabilities": self.save_probabilities, "voxel_size_nm": self.voxel,
+        }
+
+
+def plan_prediction(channels: Sequence, *, dims: str, patch_size, n_adjacent: int = 7, overlap: float = 0.5,
+                    chunk_slices: int = 16, block=None, slices_per_batch: int | None = None, sw_batch_size: int = 32,
+                    n_classes: int, save_probabilities: bool = False, voxel_size_nm=None) -> DiskPlan:
+    """Check predict_to_disk's settings against the channels and plan the chunks (arguments as
+    for predict_to_disk); raises ValueError naming the setting before anything is written."""
+    shape = _check_channels(list(channels))
     if dims not in DIMS:
         raise ValueError(f"dims must be one of {DIMS}, got {dims!r}")
     if dims == "2.5d" and (n_adjacent < 1 or n_adjacent % 2 == 0):
@@ -118,7 +166,21 @@ def predict_to_disk(
         raise ValueError(f"n_classes must be 1 .. 256 (the segmentation is uint8), got {n_classes}")
     if slices_per_batch is not None and int(slices_per_batch) < 1:
         raise ValueError(f"slices_per_batch must be >= 1, got {slices_per_batch}")
-    devices = [device] if devices is None else list(devices)
+    roi = patch_shape(patch_size, dims)
+    k = n_adjacent if dims == "2.5d" else 1
+    n_classes, chunk_slices = int(n_classes), int(chunk_slices)
+    chunks, chunking = plan_chunks(shape, dims, roi, overlap, chunk_slices, block)
+    if slices_per_batch is None:
+        per_slice = len(channels) * k * shape[1] * shape[2] * 4
+        slices_per_batch = max(1, min(chunk_slices, BATCH_BYTES // per_slice))
+    files = ([probability_name(c) for c in range(n_classes)] if save_probabilities else []) + [SEGMENTATION]
+    voxel = None if voxel_size_nm is None else [float(v) for v in np.broadcast_to(np.asarray(voxel_size_nm, float), (3,))]
+    return DiskPlan(shape, dims, roi, k, float(overlap), int(sw_batch_size), int(slices_per_batch), n_classes,
+                    bool(save_probabilities), voxel, chunks, chunking, files)
+
+
+def _check_run(predictor, devices: list, fingerprint, out_dir: Path) -> None:
+    """The devices, predictor, fingerprint and output folder of a run, checked before anything is written."""
     if not devices:
         raise ValueError("devices is empty: give at least one device, e.g. ['cuda:0']")
     if len(devices) > 1 and not isinstance(predictor, PredictorFactory):
@@ -130,106 +192,25 @@ def predict_to_disk(
         raise TypeError(f"fingerprint must be a dict, got {type(fingerprint).__name__}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} exists and is not a folder: choose another output folder")
-    roi = patch_shape(patch_size, dims)
-    k = n_adjacent if dims == "2.5d" else 1
-    n_classes, chunk_slices = int(n_classes), int(chunk_slices)
-    chunks, chunking = plan_chunks(shape, dims, roi, overlap, chunk_slices, block)
-    if slices_per_batch is None:
-        per_slice = len(channels) * k * shape[1] * shape[2] * 4
-        slices_per_batch = max(1, min(chunk_slices, BATCH_BYTES // per_slice))
-    names = ([probability_name(c) for c in range(n_classes)] if save_probabilities else []) + [SEGMENTATION]
-    voxel = None if voxel_size_nm is None else [float(v) for v in np.broadcast_to(np.asarray(voxel_size_nm, float), (3,))]
-    layout = {
-        "shape": list(shape), "dims": dims, "patch": list(roi), "overlap": float(overlap), "n_adjacent": k,
-        "chunking": chunking, "n_classes": n_classes, "save_probabilities": bool(save_probabilities),
-        "voxel_size_nm": voxel,
-    }
-    fp = canonical({"settings": fingerprint, "layout": layout})
-    work = out_dir / WORK_DIR
 
-    # --- what is there already: a finished result, a work folder to resume, something foreign
-    finished = read_json(out_dir / FINGERPRINT)
-    ledger = read_json(work / LEDGER)
-    if finished is not None and finished.get("fingerprint") == fp and all((out_dir / n).is_file() for n in names):
-        if work.exists() and ledger is not None and ledger.get("fingerprint") == fp:
-            shutil.rmtree(work)  # a finalisation stopped just before its last step
-        return summary_paths(
-            {**finished["summary"], "chunks_computed": 0, "chunks_resumed": finished["summary"]["n_chunks"],
-             "seconds": time.perf_counter() - started, "slices_per_second": 0.0},
-            out_dir, names,
-        )
-    resume = False
-    if work.exists():
-        if not (work / LEDGER).exists():
-            shutil.rmtree(work)  # stopped while being set up: holds no finished chunk
-        elif ledger is not None and ledger.get("fingerprint") == fp:
-            resume = True
-        elif overwrite:
-            shutil.rmtree(work)
-        else:
-            raise ValueError(
-                f"{work} holds an unfinished prediction with other settings (differing: "
-                f"{differences(ledger, fp)}): set overwrite=true to discard it, or choose another output folder"
-            )
-    if resume and not all((work / n).is_file() or (out_dir / n).is_file() for n in names):
-        shutil.rmtree(work)  # its output files are gone: start again
-        resume = False
-    if not resume:
-        clear_finished(out_dir, fp, finished, overwrite)
-        start_work(work, shape, names, voxel, {"fibml_version": fibml.__version__, "fingerprint": fp,
-                                               "n_chunks": len(chunks), "files": names})
 
-    # --- predict the chunks not yet done
-    done = read_records(work)
-    resumed = len(done)
-    todo = [c for c in chunks if c.index not in done]
-    plane = shape[1] * shape[2]
-    job = _Job(channels, dims, roi, k, float(overlap), int(sw_batch_size), int(slices_per_batch), n_classes,
-               work, names, shape, bool(reuse_memory))
-    run_id = f"{os.getpid()}-{time.time_ns()}"
-    bar = tqdm(total=shape[0], initial=sum(c.slices(plane) for c in chunks if c.index in done),
-               desc="predict", unit="slice", disable=not progress, dynamic_ncols=True)
-    try:
-        if todo and len(devices) == 1:
-            dev = resolve_device(devices[0])
-            if reuse_memory:
-                reuse_host_memory()
-            net = predictor(dev) if isinstance(predictor, PredictorFactory) else predictor
-
-            def committed(chunk: Chunk) -> None:
-                bar.update(chunk.slices(plane))
-                if on_chunk is not None:
-                    on_chunk(chunk.index, len(chunks))
-
-            _run_chunks(job, net, dev, todo, work / f"done-{run_id}-0.json", committed)
-        elif todo:
-            _run_workers(job, predictor, devices, todo, run_id, bar, on_chunk, len(chunks), set(done))
-    finally:
-        bar.close()
-
-    # --- every chunk done: rename the files into place
-    done = read_records(work)
-    missing = [c.index for c in chunks if c.index not in done]
+def _summary(plan: DiskPlan, done: dict[int, dict], todo: Sequence[Chunk], resumed: int, work: Path,
+             started: float) -> dict:
+    """The summary of a prediction whose chunks are all committed (class counts of the whole
+    stack, resumed chunks included); raises when a chunk is missing."""
+    missing = [c.index for c in plan.chunks if c.index not in done]
     if missing:
         raise RuntimeError(f"{work}: chunks {missing} were not finished; run again to complete them")
-    counts = np.sum([done[c.index]["class_counts"] for c in chunks], axis=0, dtype=np.int64)
+    counts = np.sum([done[c.index]["class_counts"] for c in plan.chunks], axis=0, dtype=np.int64)
     seconds = time.perf_counter() - started
-    computed_slices = sum(c.slices(plane) for c in todo)
-    summary = {
-        "shape": list(shape), "dims": dims, "n_classes": n_classes, "n_chunks": len(chunks),
-        "chunks_computed": len(chunks) - resumed, "chunks_resumed": resumed, "seconds": seconds,
+    computed_slices = sum(c.slices(plan.plane) for c in todo)
+    return {
+        "shape": list(plan.shape), "dims": plan.dims, "n_classes": plan.n_classes, "n_chunks": len(plan.chunks),
+        "chunks_computed": len(plan.chunks) - resumed, "chunks_resumed": resumed, "seconds": seconds,
         "slices_per_second": computed_slices / seconds if seconds > 0 else 0.0,
         "class_counts": counts.tolist(), "class_fractions": (counts / max(1, counts.sum())).tolist(),
-        "files": names,
+        "files": plan.files,
     }
-    for name in names:  # probabilities first, segmentation.tif last
-        if (work / name).exists():
-            os.replace(work / name, out_dir / name)
-        elif not (out_dir / name).is_file():
-            raise RuntimeError(f"{work / name} is missing: delete {work} and run again")
-    write_json(out_dir / FINGERPRINT, {"fibml_version": fibml.__version__, "fingerprint": fp, "summary": summary})
-    shutil.rmtree(work)
-    return summary_paths(summary, out_dir, names)
 
 
 @dataclass
@@ -237,74 +218,89 @@ class _Job:
     """What a process needs to predict chunks (picklable for worker processes)."""
 
     channels: list
-    dims: str
-    roi: tuple[int, ...]
-    k: int
-    overlap: float
-    sw_batch_size: int
-    slices_per_batch: int
-    n_classes: int
+    plan: DiskPlan
     work: Path
-    names: list[str]
-    shape: tuple[int, int, int]
     reuse_memory: bool = False
 
 
-def _run_chunks(job: _Job, predictor: Predictor, device: torch.device, chunks: Sequence[Chunk], done_path: Path,
+def _predict_chunks(job: _Job, predictor, devices: list, todo: list[Chunk], ledger: ResumeLedger, known: set[int],
+                    progress: bool, on_chunk: Callable[[int, int], None] | None) -> None:
+    """Predict the chunks not yet committed: in this process on one device, or in one worker
+    process per device; a progress bar in slices."""
+    plan = job.plan
+    bar = tqdm(total=plan.shape[0], initial=sum(c.slices(plan.plane) for c in plan.chunks if c.index in known),
+               desc="predict", unit="slice", disable=not progress, dynamic_ncols=True)
+    try:
+        if todo and len(devices) == 1:
+            dev = resolve_device(devices[0])
+            if job.reuse_memory:
+                reuse_host_memory()
+            net = predictor(dev) if isinstance(predictor, PredictorFactory) else predictor
+
+            def committed(chunk: Chunk) -> None:
+                bar.update(chunk.slices(plan.plane))
+                if on_chunk is not None:
+                    on_chunk(chunk.index, len(plan.chunks))
+
+            _run_chunks(job, net, dev, todo, ledger.done_file(0, dev), committed)
+        elif todo:
+            _run_workers(job, predictor, devices, todo, ledger, bar, on_chunk, known)
+    finally:
+        bar.close()
+
+
+def _run_chunks(job: _Job, predictor: Predictor, device: torch.device, chunks: Sequence[Chunk], done: DoneFile,
                 committed: Callable[[Chunk], None] | None = None) -> None:
-    """Predict chunks into the work folder's output files; after each, flush them and record
-    the chunk (with its class counts) in done_path."""
-    run = window_runner(predictor, job.roi, job.overlap, job.sw_batch_size, device, job.dims)
-    reader = SliceReader(job.channels, job.k, device)
-    records: dict[str, dict] = {}
+    """Predict chunks into the work folder's output files; after each, flush them and commit
+    the chunk (with its class counts) to the done file."""
+    plan = job.plan
+    run = window_runner(predictor, plan.roi, plan.overlap, plan.sw_batch_size, device, plan.dims)
+    reader = SliceReader(job.channels, plan.k, device)
     with ExitStack() as opened:
-        outputs = {name: opened.enter_context(open_stack_file(job.work / name, job.shape)) for name in job.names}
+        outputs = {name: opened.enter_context(open_stack_file(job.work / name, plan.shape)) for name in plan.files}
         for chunk in chunks:
             t0 = time.perf_counter()
-            counts = np.zeros(job.n_classes, dtype=np.int64)
-            if job.dims == "3d":
+            counts = np.zeros(plan.n_classes, dtype=np.int64)
+            if plan.dims == "3d":
                 probs = run(read_block(job.channels, chunk.region))[0]
                 inner = tuple(slice(a - lo, b - lo) for (a, b), (lo, _) in zip(chunk.core, chunk.region))
-                _write(outputs, job, tuple(slice(a, b) for a, b in chunk.core), probs[(slice(None), *inner)], counts)
+                _write(outputs, plan, tuple(slice(a, b) for a, b in chunk.core), probs[(slice(None), *inner)], counts)
             else:
                 (z0, z1), _, _ = chunk.core
-                for start, probs in slice_batches(run, reader, list(range(z0, z1)), job.slices_per_batch):
-                    _write(outputs, job, (slice(z0 + start, z0 + start + len(probs)),), probs.movedim(1, 0), counts)
+                for start, probs in slice_batches(run, reader, list(range(z0, z1)), plan.slices_per_batch):
+                    _write(outputs, plan, (slice(z0 + start, z0 + start + len(probs)),), probs.movedim(1, 0), counts)
             for output in outputs.values():
                 output.flush()  # on disk before the done file records the chunk
-            records[str(chunk.index)] = {"class_counts": counts.tolist(), "seconds": round(time.perf_counter() - t0, 3)}
-            write_json(done_path, {"device": str(device), "chunks": records})
+            done.commit(chunk.index, counts, time.perf_counter() - t0)
             if committed is not None:
                 committed(chunk)
 
 
-def _write(outputs: dict, job: _Job, target: tuple, probs: torch.Tensor, counts: np.ndarray) -> None:
+def _write(outputs: dict, plan: DiskPlan, target: tuple, probs: torch.Tensor, counts: np.ndarray) -> None:
     """Write probabilities (n_classes, *target shape), a tensor on the net's device, and their
     argmax at `target`; add the label counts to `counts`."""
-    if probs.shape[0] != job.n_classes:
-        raise ValueError(f"the predictor returned {probs.shape[0]} classes, n_classes is {job.n_classes}")
+    if probs.shape[0] != plan.n_classes:
+        raise ValueError(f"the predictor returned {probs.shape[0]} classes, n_classes is {plan.n_classes}")
     labels = first_argmax(probs)
-    counts += torch.bincount(labels.flatten(), minlength=job.n_classes)[: job.n_classes].cpu().numpy()
+    counts += torch.bincount(labels.flatten(), minlength=plan.n_classes)[: plan.n_classes].cpu().numpy()
     outputs[SEGMENTATION][target] = labels.cpu().numpy()
-    if probability_name(0) in outputs:  # save_probabilities
-        for c in range(job.n_classes):
+    if plan.save_probabilities:
+        for c in range(plan.n_classes):
             outputs[probability_name(c)][target] = probs[c].cpu().numpy()
 
 
-def _run_workers(job: _Job, factory: PredictorFactory, devices: Sequence, todo: Sequence[Chunk], run_id: str,
-                 bar, on_chunk, n_chunks: int, known: set[int]) -> None:
+def _run_workers(job: _Job, factory: PredictorFactory, devices: Sequence, todo: Sequence[Chunk],
+                 ledger: ResumeLedger, bar, on_chunk, known: set[int]) -> None:
     """One spawned process per device, each taking every n-th chunk; follow their done files."""
     context = torch.multiprocessing.get_context("spawn")
     n_cpu = sum(torch.device(str(d)).type == "cpu" for d in devices if str(d) != "auto")
     threads = max(1, (os.cpu_count() or 1) // n_cpu) if n_cpu else None
-    plane = job.shape[1] * job.shape[2]
-    sizes = {c.index: c.slices(plane) for c in todo}
+    sizes = {c.index: c.slices(job.plan.plane) for c in todo}
     workers = []
     for rank, dev in enumerate(devices):
         mine = list(todo[rank :: len(devices)])
         if mine:
-            args = (job, factory, str(dev), mine, job.work / f"done-{run_id}-{rank}.json",
-                    job.work / f"error-{run_id}-{rank}.txt", threads)
+            args = (job, factory, str(dev), mine, ledger.done_file(rank, dev), ledger.error_file(rank), threads)
             process = context.Process(target=_worker, args=args, name=f"fibml-predict-{dev}")
             process.start()
             workers.append((rank, str(dev), process))
@@ -312,15 +308,15 @@ def _run_workers(job: _Job, factory: PredictorFactory, devices: Sequence, todo: 
     try:
         while True:
             alive = [p for _, _, p in workers if p.is_alive()]
-            for index in sorted(set(read_records(job.work)) - seen):
+            for index in sorted(set(ledger.committed()) - seen):
                 seen.add(index)
                 bar.update(sizes.get(index, 0.0))
                 if on_chunk is not None:
-                    on_chunk(index, n_chunks)
+                    on_chunk(index, len(job.plan.chunks))
             failed = [(rank, dev, p) for rank, dev, p in workers if p.exitcode not in (None, 0)]
             if failed:
                 rank, dev, p = failed[0]
-                error = job.work / f"error-{run_id}-{rank}.txt"
+                error = ledger.error_file(rank)
                 detail = error.read_text() if error.exists() else "no traceback (killed?)"
                 raise RuntimeError(f"prediction on {dev} failed (exit code {p.exitcode}):\n{detail}")
             if not alive:
@@ -333,7 +329,7 @@ def _run_workers(job: _Job, factory: PredictorFactory, devices: Sequence, todo: 
             p.join()
 
 
-def _worker(job: _Job, factory: PredictorFactory, device: str, chunks, done_path: Path, error_path: Path,
+def _worker(job: _Job, factory: PredictorFactory, device: str, chunks, done: DoneFile, error_path: Path,
             threads: int | None) -> None:
     """Entry point of a worker process."""
     try:
@@ -342,7 +338,7 @@ def _worker(job: _Job, factory: PredictorFactory, device: str, chunks, done_path
             torch.set_num_threads(threads)
         if job.reuse_memory:
             reuse_host_memory()
-        _run_chunks(job, factory(dev), dev, chunks, done_path)
+        _run_chunks(job, factory(dev), dev, chunks, done)
     except BaseException:
         error_path.write_text(traceback.format_exc())
         raise

@@ -1,18 +1,25 @@
 """What predict_to_disk keeps in its output folder to resume: the work folder with its output
-files and fingerprint, each process's record of finished chunks, the finished summary."""
+files and fingerprint, each process's record of finished chunks, the finished summary; and the
+ResumeLedger that opens, resumes, commits and finalises one prediction there."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+import fibml
 from fibml.io import create_stack_file, json_default, write_json
 
-__all__ = ["FINGERPRINT", "LEDGER", "SEGMENTATION", "WORK_DIR", "canonical", "clear_finished", "differences",
-           "finished_chunks", "probability_name", "read_json", "read_records", "start_work", "summary_paths"]
+__all__ = ["FINGERPRINT", "LEDGER", "SEGMENTATION", "WORK_DIR", "DoneFile", "ResumeLedger", "canonical",
+           "clear_finished", "differences", "finished_chunks", "probability_name", "read_json", "read_records",
+           "start_work", "summary_paths"]
 
 
 WORK_DIR = ".partial"  # work folder inside out_dir: temporary outputs, ledger, done files
@@ -25,6 +32,95 @@ LEDGER = "ledger.json"
 
 
 SEGMENTATION = "segmentation.tif"
+
+
+class ResumeLedger:
+    """One prediction's state in its output folder, so that a run stopped at any point resumes.
+
+    open: a finished result of this fingerprint is reused, a work folder of this fingerprint is
+    resumed, anything else is set up anew (a foreign result or work folder only with overwrite).
+    commit: each process records the chunks it finished in its own done file (done_file), after
+    flushing the output files. finalise: every chunk committed, the outputs are renamed into
+    place (segmentation.tif last), the fingerprint is written with the summary, the work folder
+    removed."""
+
+    def __init__(self, out_dir: str | Path, fingerprint: dict, files: Sequence[str]):
+        self.out_dir, self.fingerprint, self.files = Path(out_dir), fingerprint, list(files)
+        self.work = self.out_dir / WORK_DIR
+        self.run_id = f"{os.getpid()}-{time.time_ns()}"
+
+    def open(self, shape, voxel, n_chunks: int, overwrite: bool = False) -> dict | None:
+        """The stored summary of a finished prediction of this fingerprint whose files are all
+        there; else None, with the work folder resumed or set up (empty output files of `shape`
+        and `voxel`, then the ledger)."""
+        out_dir, work, fp, names = self.out_dir, self.work, self.fingerprint, self.files
+        finished = read_json(out_dir / FINGERPRINT)
+        ledger = read_json(work / LEDGER)
+        if finished is not None and finished.get("fingerprint") == fp and all((out_dir / n).is_file() for n in names):
+            if work.exists() and ledger is not None and ledger.get("fingerprint") == fp:
+                shutil.rmtree(work)  # a finalisation stopped just before its last step
+            return finished["summary"]
+        resume = False
+        if work.exists():
+            if not (work / LEDGER).exists():
+                shutil.rmtree(work)  # stopped while being set up: holds no finished chunk
+            elif ledger is not None and ledger.get("fingerprint") == fp:
+                resume = True
+            elif overwrite:
+                shutil.rmtree(work)
+            else:
+                raise ValueError(
+                    f"{work} holds an unfinished prediction with other settings (differing: "
+                    f"{differences(ledger, fp)}): set overwrite=true to discard it, or choose another output folder"
+                )
+        if resume and not all((work / n).is_file() or (out_dir / n).is_file() for n in names):
+            shutil.rmtree(work)  # its output files are gone: start again
+            resume = False
+        if not resume:
+            clear_finished(out_dir, fp, finished, overwrite)
+            start_work(work, shape, names, voxel, {"fibml_version": fibml.__version__, "fingerprint": fp,
+                                                   "n_chunks": n_chunks, "files": names})
+        return None
+
+    def committed(self) -> dict[int, dict]:
+        """The chunks committed so far, by this run or an earlier one: {index: record}."""
+        return read_records(self.work)
+
+    def done_file(self, rank: int, device) -> DoneFile:
+        """The done file in which the process of this rank commits its chunks."""
+        return DoneFile(self.work / f"done-{self.run_id}-{rank}.json", str(device))
+
+    def error_file(self, rank: int) -> Path:
+        """Where the worker process of this rank leaves its traceback when it fails."""
+        return self.work / f"error-{self.run_id}-{rank}.txt"
+
+    def finalise(self, summary: dict) -> dict:
+        """Rename the outputs into place, store the fingerprint with the summary, remove the work
+        folder; the summary with its out_dir and paths."""
+        for name in self.files:  # probabilities first, segmentation.tif last
+            if (self.work / name).exists():
+                os.replace(self.work / name, self.out_dir / name)
+            elif not (self.out_dir / name).is_file():
+                raise RuntimeError(f"{self.work / name} is missing: delete {self.work} and run again")
+        write_json(self.out_dir / FINGERPRINT,
+                   {"fibml_version": fibml.__version__, "fingerprint": self.fingerprint, "summary": summary})
+        shutil.rmtree(self.work)
+        return summary_paths(summary, self.out_dir, self.files)
+
+
+@dataclass
+class DoneFile:
+    """A process's record of the chunks it committed (done-<run>-<rank>.json in the work folder),
+    rewritten whole after each chunk; picklable, for worker processes."""
+
+    path: Path
+    device: str
+    chunks: dict[str, dict] = field(default_factory=dict)
+
+    def commit(self, index: int, class_counts: Sequence[int], seconds: float) -> None:
+        """Record a chunk whose outputs are flushed: from now on a rerun does not compute it again."""
+        self.chunks[str(index)] = {"class_counts": [int(c) for c in class_counts], "seconds": round(seconds, 3)}
+        write_json(self.path, {"device": self.device, "chunks": self.chunks})
 
 
 def probability_name(class_index: int) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from fibml.channels import channel_key, channel_label
-from fibml.inference import predict_volume, resolve_device
+from fibml.inference import InferenceSettings, predict_volume, resolve_device
 from fibml.protocols import SEGMENTATION, WeighsVoltages, task_of
 
 __all__ = [
@@ -73,16 +73,16 @@ def data_settings(data) -> dict:
     return {k: data[k] if isinstance(data, Mapping) else getattr(data, k) for k in keys}
 
 
-def predict_probabilities(model, images: np.ndarray, settings: dict, inference: Mapping, z_range: range | None = None) -> np.ndarray:
+def predict_probabilities(model, images: np.ndarray, settings: dict, inference: Mapping | InferenceSettings,
+                          z_range: range | None = None) -> np.ndarray:
     """Class probabilities (n_classes, z, y, x) of a model over the slices z_range of images
-    (channel, z, y, x), in memory, with the inference settings of the config."""
-    device = resolve_device(inference.get("device", "auto"))
+    (channel, z, y, x), in memory, with the inference settings of the config (a config node, a
+    dict of some of them over configs/inference/default.yaml, or InferenceSettings)."""
+    inference = InferenceSettings.from_config(inference)
+    device = resolve_device(inference.device)
     model = model.eval().to(device)
     return predict_volume(
-        model.probabilities, images, z_range=z_range, device=device,
-        overlap=inference.get("overlap", 0.5),
-        slices_per_batch=inference.get("slices_per_batch", 8),
-        sw_batch_size=inference.get("sw_batch_size", 32),
-        reuse_memory=bool(inference.get("reuse_memory", False)),
-        **settings,
+        model.probabilities, images, z_range=z_range, device=device, overlap=inference.overlap,
+        slices_per_batch=inference.slices_per_batch, sw_batch_size=inference.sw_batch_size,
+        reuse_memory=inference.reuse_memory, **settings,
     )

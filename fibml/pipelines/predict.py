@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from fibml.channels import channel_key, channel_label
 from fibml.checkpoints import load_model, resolve_checkpoint
 from fibml.data.registration import ShiftedStack, read_shifts_csv, registration_shifts, write_shifts_csv
 from fibml.data.transforms import stack_percentiles
-from fibml.inference import NormalizedStack, PredictorFactory, predict_to_disk, resolve_device
+from fibml.inference import InferenceSettings, NormalizedStack, PredictorFactory, predict_to_disk, resolve_device
 from fibml.io import (
     available_channels,
     open_dataset_stacks,
@@ -35,7 +36,7 @@ from fibml.reconstruct.inpainting import inpaint_volume
 from fibml.reconstruct.pipeline import reconstruct_stack, thicknesses_from
 from fibml.report import prediction_report
 
-__all__ = ["CheckpointPredictor", "load_inpainter", "predict"]
+__all__ = ["CheckpointPredictor", "ReconstructSettings", "load_inpainter", "predict"]
 
 
 def predict(cfg: DictConfig) -> Path:
@@ -64,23 +65,18 @@ def predict(cfg: DictConfig) -> Path:
     voltages = [channel_key(v) for v in run_cfg.data.voltages]
     stacks, voxel, source = _open_inputs(cfg.input, voltages, checkpoint)
     voxel = tuple(float(v) for v in cfg.voxel_size_nm) if cfg.get("voxel_size_nm") else voxel
-    reconstruct = cfg.get("reconstruct") or {}
-    if reconstruct.get("enabled") and reconstruct.get("method") == "ml" and not reconstruct.get("inpainting_ckpt"):
-        raise ValueError("reconstruct.method=ml needs reconstruct.inpainting_ckpt=<run of experiment=inpainting>")
+    reconstruct = ReconstructSettings.from_config(cfg.get("reconstruct"))
     out = Path(cfg.output)
     started = time.perf_counter()
 
-    registration = cfg.get("registration") or {}
+    # registration.*: enabled and shifts_csv, the rest are registration_shifts' own keyword arguments
+    registration = _settings(cfg.get("registration"))
+    shifts_csv, enabled = registration.pop("shifts_csv", None), registration.pop("enabled", False)
     table = None
-    if registration.get("shifts_csv"):
-        table = read_shifts_csv(registration.shifts_csv)
-    elif registration.get("enabled", False):
-        table = registration_shifts(
-            stacks, reference=registration.get("reference", 2.0), roi=registration.get("roi"),
-            intra=registration.get("intra", True), inter=registration.get("inter", True),
-            intra_roi=registration.get("intra_roi"), upsample_factor=registration.get("upsample_factor", 20),
-            max_slices=registration.get("max_slices", 50),
-        )
+    if shifts_csv:
+        table = read_shifts_csv(shifts_csv)
+    elif enabled:
+        table = registration_shifts(stacks, **registration)
     sources = {c: stack if table is None else ShiftedStack(stack, _channel_shifts(table, c, stack))
                for c, stack in stacks.items()}
     normalize = dict(run_cfg.data.get("normalize") or {})
@@ -89,9 +85,9 @@ def predict(cfg: DictConfig) -> Path:
     if z != range(len(stacks[voltages[0]])):
         channels = [_SliceRange(c, z) for c in channels]
 
-    inference = cfg.inference
-    devices = _inference_devices(inference.get("devices"))
-    device = resolve_device(devices[0] if devices else inference.get("device", "auto"))
+    inference = InferenceSettings.from_config(cfg.inference)
+    devices = inference.device_list()
+    device = resolve_device(devices[0] if devices else inference.device)
     devices = devices if devices and len(devices) > 1 else None
     fingerprint = {
         "checkpoint": _file_identity(checkpoint),
@@ -100,23 +96,22 @@ def predict(cfg: DictConfig) -> Path:
         "normalize": normalize,
         "registration": None if table is None else {str(c): np.round(t, 4).tolist() for c, t in table.items()},
         "z_range": [z.start, z.stop],
-        "precision": str(inference.get("precision", "32")),
+        "precision": inference.precision,
     }
-    predictor = CheckpointPredictor(checkpoint, str(inference.get("precision", "32")))
+    predictor = CheckpointPredictor(checkpoint, inference.precision)
     summary = predict_to_disk(
         predictor if devices else predictor.bind(model, device), channels, out, **settings,
-        overlap=inference.get("overlap", 0.5), chunk_slices=inference.get("chunk_slices", 16),
-        block=inference.get("block"), slices_per_batch=inference.get("slices_per_batch"),
-        sw_batch_size=inference.get("sw_batch_size", 32), device=device, devices=devices,
-        n_classes=int(run_cfg.model.n_classes), save_probabilities=bool(cfg.get("save_probabilities", False)),
-        voxel_size_nm=voxel, fingerprint=fingerprint, overwrite=bool(cfg.get("overwrite", False)),
-        reuse_memory=bool(inference.get("reuse_memory", False)),
+        overlap=inference.overlap, chunk_slices=inference.chunk_slices, block=inference.block,
+        slices_per_batch=inference.slices_per_batch, sw_batch_size=inference.sw_batch_size, device=device,
+        devices=devices, n_classes=int(run_cfg.model.n_classes),
+        save_probabilities=bool(cfg.get("save_probabilities", False)), voxel_size_nm=voxel, fingerprint=fingerprint,
+        overwrite=bool(cfg.get("overwrite", False)), reuse_memory=inference.reuse_memory,
     )
     if table is not None:
         write_shifts_csv(out / "shifts.csv", table)
 
     reconstruction = None
-    if reconstruct.get("enabled", False):
+    if reconstruct.enabled:
         segmentation, _ = read_stack(out / "segmentation.tif")
         raw = np.stack([sources[voltages[0]][i] for i in z])
         reconstruction = _reconstruct(reconstruct, segmentation, raw, voxel, source, inference)
@@ -259,67 +254,84 @@ def _z_range(value, n_slices: int) -> range:
     return range(start, stop)
 
 
-def _inference_devices(value) -> list[str] | None:
-    """inference.devices: null (one device: inference.device), "all" (every visible GPU), or a list."""
-    if value is None:
-        return None
-    if value == "all":
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise ValueError("inference.devices=all found no GPU")
-        return [f"cuda:{i}" for i in range(count)]
-    if isinstance(value, str) or not len(value):
-        raise ValueError(f"inference.devices must be null, all, or a list such as [cuda:0,cuda:1], got {value!r}")
-    return [str(d) for d in value]
-
-
 def _file_identity(path) -> dict:
     """What identifies a file's content for resuming: path, size, modification time."""
     stat = Path(path).stat()
     return {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _reconstruct(settings: Mapping, segmentation: np.ndarray, raw: np.ndarray, voxel, source: Path,
-                 inference: Mapping) -> dict | None:
+@dataclass(frozen=True)
+class ReconstructSettings:
+    """predict.py's reconstruct.* (configs/predict.yaml holds their defaults and meaning)."""
+
+    enabled: bool = False
+    thickness: str = "csv"
+    repositioning: str = "accurate"
+    method: str = "spline"
+    grid_nm: float | None = None
+    target_nm: float = 10.0
+    inpainting_ckpt: str | None = None
+    ruler: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, node) -> ReconstructSettings:
+        values = _settings(node)
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"reconstruct.{unknown[0]} is not a setting of reconstruct (configs/predict.yaml): "
+                             f"expected {', '.join(f.name for f in fields(cls))}")
+        settings = cls(**values)
+        if settings.enabled and settings.method == "ml" and not settings.inpainting_ckpt:
+            raise ValueError("reconstruct.method=ml needs reconstruct.inpainting_ckpt=<run of experiment=inpainting>")
+        return settings
+
+
+def _settings(node) -> dict:
+    """A config node as a plain dict (an absent node: empty)."""
+    if node is None:
+        return {}
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+
+
+def _reconstruct(settings: ReconstructSettings, segmentation: np.ndarray, raw: np.ndarray, voxel, source: Path,
+                 inference: InferenceSettings) -> dict:
     """Slices of varying thickness -> isotropic volume (predict.py reconstruct.*): thicknesses
     from the input's thickness.csv, a CSV or ruler marks, repositioning, interpolation."""
-    if not settings.get("enabled", False):
-        return None
     if voxel is None:
         raise ValueError(f"{source} carries no voxel size: give voxel_size_nm=[z,y,x] to reconstruct in nm")
     pixel_nm = float(voxel[2])
-    grid_nm = float(settings.get("grid_nm") or pixel_nm)
-    ruler = dict(settings.get("ruler") or {})
-    band_rows = int(ruler.pop("band_rows", 0)) if settings.get("thickness") == "ruler" else 0
+    grid_nm = float(settings.grid_nm or pixel_nm)
+    ruler = dict(settings.ruler or {})
+    band_rows = int(ruler.pop("band_rows", 0)) if settings.thickness == "ruler" else 0
     thicknesses, info = thicknesses_from(
-        settings.get("thickness", "csv"), segmentation.shape[0], folder=source if source.is_dir() else None,
+        settings.thickness, segmentation.shape[0], folder=source if source.is_dir() else None,
         band=raw[:, :band_rows] if band_rows else None, pixel_nm=pixel_nm, ruler=ruler,
     )
     inpainter = None
-    if settings.get("method") == "ml":
-        inpainter = load_inpainter(settings.get("inpainting_ckpt"), inference)
+    if settings.method == "ml":
+        inpainter = load_inpainter(settings.inpainting_ckpt, inference)
     volume = reconstruct_stack(
-        segmentation[:, band_rows:], thicknesses, method=settings.get("method", "spline"),
-        repositioning=settings.get("repositioning", "accurate"), grid_nm=grid_nm,
-        target_nm=float(settings.get("target_nm", 10.0)), inpainter=inpainter,
+        segmentation[:, band_rows:], thicknesses, method=settings.method, repositioning=settings.repositioning,
+        grid_nm=grid_nm, target_nm=float(settings.target_nm), inpainter=inpainter,
     )
-    info |= {"method": settings.get("method"), "repositioning": settings.get("repositioning"), "grid_nm": grid_nm,
+    info |= {"method": settings.method, "repositioning": settings.repositioning, "grid_nm": grid_nm,
              "slices": int(segmentation.shape[0]), "grid_rows": int(volume.shape[0]),
              "mean_thickness_nm": float(np.mean(thicknesses))}
     print(f"reconstructed {segmentation.shape[0]} slices onto {volume.shape[0]} rows of {grid_nm:g} nm "
-          f"({settings.get('repositioning')} repositioning, {settings.get('method')})")
+          f"({settings.repositioning} repositioning, {settings.method})")
     return {"volume": volume, "voxel_size_nm": (grid_nm, float(voxel[1]), float(voxel[2])), "band_rows": band_rows,
             "info": info}
 
 
-def load_inpainter(checkpoint, inference: Mapping):
+def load_inpainter(checkpoint, inference: Mapping | InferenceSettings):
     """inpaint_volume with the trained inpainting net of a run of experiment=inpainting."""
     if not checkpoint:
         raise ValueError("reconstruct.method=ml needs reconstruct.inpainting_ckpt=<run of experiment=inpainting>")
     model, run_cfg = load_model(resolve_checkpoint(checkpoint))
     if task_of(model) != INPAINTING:
         raise ValueError(f"{checkpoint} is a {type(model).__name__}, not an inpainting model (experiment=inpainting)")
-    device = resolve_device(inference.get("device", "auto"))
+    inference = InferenceSettings.from_config(inference)
+    device = resolve_device(inference.device)
     model = model.eval().to(device)
     return partial(inpaint_volume, predictor=model.probabilities, patch_size=run_cfg.data.patch_size,
-                   overlap=inference.get("overlap", 0.5), device=device, progress=True)
+                   overlap=inference.overlap, device=device, progress=True)

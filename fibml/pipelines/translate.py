@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from fibml.channels import channel_key
 from fibml.checkpoints import load_model, resolve_checkpoint
 from fibml.data.unpaired import domain_scaling, from_unit, to_unit
-from fibml.inference import predict_volume, resolve_device
+from fibml.inference import InferenceSettings, predict_volume, resolve_device
 from fibml.io import read_dataset, write_dataset
 from fibml.protocols import TRANSLATION, task_of
 
@@ -52,14 +52,14 @@ def translate(cfg: DictConfig) -> Path:
                          "set data.source_channel when training")
     stack = dataset.images[key]
     images = to_unit(stack, *domain_scaling(source, [stack], run_cfg.data.percentiles))[None]
-    device = resolve_device(cfg.inference.get("device", "auto"))
+    inference = InferenceSettings.from_config(cfg.inference)
+    device = resolve_device(inference.device)
     model = model.to(device)
     started = time.perf_counter()
     translated = predict_volume(
         lambda x: model.translate(x, direction), images, dims="2d", patch_size=run_cfg.data.patch_size,
-        overlap=cfg.inference.get("overlap", 0.5), slices_per_batch=cfg.inference.get("slices_per_batch", 8),
-        sw_batch_size=cfg.inference.get("sw_batch_size", 32), device=device,
-        reuse_memory=bool(cfg.inference.get("reuse_memory", False)),
+        overlap=inference.overlap, slices_per_batch=inference.slices_per_batch,
+        sw_batch_size=inference.sw_batch_size, device=device, reuse_memory=inference.reuse_memory,
     )[0]
     seconds = time.perf_counter() - started
     translated = from_unit(translated, *scaling[target_domain])
