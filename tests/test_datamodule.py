@@ -83,3 +83,29 @@ def test_missing_voltage_and_missing_labels_are_named(tiny_dataset, tmp_path):
 def test_bad_dims_rejected(tiny_dataset):
     with pytest.raises(ValueError, match="data.dims"):
         _module(tiny_dataset, dims="4d")
+
+
+def test_evaluation_volume_of_a_datamodule_and_of_an_unlabelled_folder(tiny_dataset, tmp_path):
+    import shutil
+
+    from fibml.data.volume import unlabelled_volume
+
+    dm = _module(tiny_dataset)
+    with pytest.raises(RuntimeError, match="call setup"):
+        dm.evaluation_volume("test")
+    dm.setup("test")
+    volume = dm.evaluation_volume("test")
+    assert volume.z == dm.blocks["test"] and volume.train_z == dm.blocks["train"] and volume.voltages == [1.0, 4.0]
+    np.testing.assert_array_equal(volume.truth, dm.labels[volume.z.start : volume.z.stop])
+    assert volume.phase_names(3) == ["pore", "solid", "phase 2"] and volume.n_phases == 2
+    assert volume.title() == f"{tiny_dataset.name}, test slices"
+
+    # the same folder without labels.tif: every slice, normalised as the datamodule does, no truth
+    folder = tmp_path / "real"
+    shutil.copytree(tiny_dataset, folder)
+    (folder / "labels.tif").unlink()
+    real = unlabelled_volume(folder, [1, 4], None, "all")
+    np.testing.assert_array_equal(real.images, dm.images)
+    assert real.z == range(40) and real.truth is None and real.train_z is None and real.n_phases == 2
+    with pytest.raises(ValueError, match="has no labels.tif, so it has no held-out 'test' block"):
+        unlabelled_volume(folder, [1, 4], None, "test")

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from fibml.channels import channel_key
 from fibml.data.patches import DIMS, PatchDataset, split_z_blocks
 from fibml.data.transforms import Augmentation, normalize_channels
+from fibml.data.volume import EvaluationVolume
 from fibml.io import read_dataset
 from fibml.synth.dataset import cached_dataset
 
@@ -127,6 +128,14 @@ class FIBSEMDataModule(pl.LightningDataModule):
         if split not in self.blocks:
             raise ValueError(f"unknown split {split!r}: expected 'train', 'val', 'test' or 'all'")
         return self.blocks[split]
+
+    def evaluation_volume(self, split: str) -> EvaluationVolume:
+        """What evaluation scores on this datamodule's dataset: the slices of `split` ("train",
+        "val", "test", or "all"), with the images, labels and training block (after setup)."""
+        if self.images is None:
+            raise RuntimeError("call setup() before evaluation_volume(): the dataset is read there")
+        return EvaluationVolume(Path(self.dataset_path), self.dataset, list(self.voltages), self.images, self.labels,
+                                split, self.z_range(split), self.blocks["train"])
 
     def train_dataloader(self):
         return self._loader("train", shuffle=True)

@@ -11,10 +11,11 @@ from hydra.utils import instantiate
 from fibml.baselines.common import sparse_labels
 from fibml.channels import channel_key, channel_label
 from fibml.config import CONFIG_DIR
+from fibml.data.volume import EvaluationVolume
 from fibml.io import LABELS, available_channels, read_dataset
 from fibml.metrics.table import score_row
 from fibml.pipelines.common import as_list, channels_text
-from fibml.pipelines.scoring import phase_count, phase_names, truth_slices, write_method
+from fibml.pipelines.scoring import write_method
 from fibml.protocols import RanksFeatures, StatesRule
 from fibml.report import save_importances, write_table
 
@@ -26,13 +27,13 @@ def method_names() -> list[str]:
     return sorted(p.stem for p in (Path(CONFIG_DIR) / "method").glob("*.yaml"))
 
 
-def baseline_jobs(methods: Mapping, reference) -> list[dict]:
+def baseline_jobs(methods: Mapping, reference: EvaluationVolume) -> list[dict]:
     """One job per (baseline, channel group): a method's ``inputs`` list entries are ``all``
     (every channel of the dataset together), ``each`` (every channel alone, one row each, as the
     k-means rows of Table 3) or a list of channels (``[se2_1kV, inlens_1kV]``)."""
     if not methods:
         return []
-    channels = available_channels(reference.dataset_path)
+    channels = available_channels(reference.path)
     jobs = []
     for key, spec in methods.items():
         if not isinstance(spec, Mapping) or "segmenter" not in spec:
@@ -49,7 +50,7 @@ def baseline_jobs(methods: Mapping, reference) -> list[dict]:
                 if missing:
                     raise ValueError(
                         f"method.{key}.inputs names {', '.join(map(channel_label, missing))}, which "
-                        f"{reference.dataset_path} does not hold (found: {', '.join(map(channel_label, channels))})"
+                        f"{reference.path} does not hold (found: {', '.join(map(channel_label, channels))})"
                     )
                 groups.append(group)
         for group in groups:
@@ -58,37 +59,36 @@ def baseline_jobs(methods: Mapping, reference) -> list[dict]:
     return jobs
 
 
-def all_channels(reference):
+def all_channels(reference: EvaluationVolume):
     """The reference dataset with every channel of its folder: the one already read when it holds them all."""
-    if set(available_channels(reference.dataset_path)) <= set(reference.dataset.images):
+    if set(available_channels(reference.path)) <= set(reference.dataset.images):
         return reference.dataset
-    return read_dataset(reference.dataset_path)
+    return read_dataset(reference.path)
 
 
-def evaluate_baseline(job: Mapping, reference, raw, split: str, training: Mapping, out_dir: Path,
-                       save_predictions: bool, print_table: bool, curves: dict, morphology: Mapping | None = None):
+def evaluate_baseline(job: Mapping, reference: EvaluationVolume, raw, training: Mapping, out_dir: Path,
+                      save_predictions: bool, print_table: bool, curves: dict, morphology: Mapping | None = None):
     """Fit (on sparse labels of the training block, if the baseline learns) and apply one
-    baseline to the scored slices of the reference dataset; its row, prediction and files."""
-    z = reference.z_range(split)
-    n_phases = phase_count(reference)
+    baseline to the scored slices of the reference volume; its row, prediction and files."""
+    z, split = reference.z, reference.split
+    n_phases = reference.n_phases
     segmenter = _instantiate_baseline(job["segmenter"], n_phases, job["channels"])
     images = raw.stack(job["channels"])
     extra = {}
     if segmenter.needs_labels:
-        train_images, train_labels = _baseline_training_data(job, reference, raw, split, training)
+        train_images, train_labels = _baseline_training_data(job, reference, raw, training)
         segmenter.fit(train_images, train_labels)
         extra = _baseline_report(segmenter, train_images, train_labels, out_dir, job["name"],
-                                 phase_names(reference, n_phases))
+                                 reference.phase_names(n_phases))
     # local baselines (filters across slices) see the neighbours of the block, as the networks do
     halo = int(getattr(segmenter, "halo", 0) or 0)
     z0, z1 = max(0, z.start - halo), min(images.shape[1], z.stop + halo)
     prediction = segmenter.predict(images[:, z0:z1])[z.start - z0 : z.stop - z0]
-    truth = truth_slices(reference, z)
-    row = score_row(job["name"], split, z, prediction, truth, n_phases, reference.dataset.voxel_size_nm, curves,
-                     phases=phase_names(reference, n_phases), morphology=morphology)
+    row = score_row(job["name"], split, z, prediction, reference.truth, n_phases, reference.voxel_size_nm, curves,
+                    phases=reference.phase_names(n_phases), morphology=morphology)
     row |= extra
     method_curves = {key: curves[key] for key in ("ground truth", job["name"]) if key in curves}
-    write_method(out_dir, row, prediction, reference, z, save_predictions, print_table, method_curves)
+    write_method(out_dir, row, prediction, reference, save_predictions, print_table, method_curves)
     return row, prediction
 
 
@@ -103,7 +103,7 @@ def _instantiate_baseline(node, n_phases: int, channels: list):
     return instantiate(node, **options)
 
 
-def _baseline_training_data(job: Mapping, reference, raw, split: str, training: Mapping):
+def _baseline_training_data(job: Mapping, reference: EvaluationVolume, raw, training: Mapping):
     """(images, sparse labels) a learning baseline is fitted on: ``n_slices`` evenly spaced slices
     of the training block (or of all of training.data_dir), ``pixels_per_class`` random labelled
     pixels per phase on each, as a user would label a few slices."""
@@ -113,15 +113,15 @@ def _baseline_training_data(job: Mapping, reference, raw, split: str, training: 
     else:
         if reference.labels is None:
             raise ValueError(
-                f"{job['name']} learns from labelled slices, and {reference.dataset_path} has no {LABELS}: "
+                f"{job['name']} learns from labelled slices, and {reference.path} has no {LABELS}: "
                 f"name a labelled dataset with baseline_training.data_dir=<folder>"
             )
-        if split == "all":
+        if reference.split == "all":
             raise ValueError(
                 f"{job['name']} learns from labelled slices, and split=all scores every slice of "
-                f"{reference.dataset_path}: name another labelled dataset with baseline_training.data_dir=<folder>"
+                f"{reference.path}: name another labelled dataset with baseline_training.data_dir=<folder>"
             )
-        dataset, labels, block = raw, reference.labels, reference.z_range("train")
+        dataset, labels, block = raw, reference.labels, reference.train_z
     sparse = sparse_labels(labels, block, n_slices=int(training.get("n_slices", 4)),
                            pixels_per_class=training.get("pixels_per_class", 2000), seed=int(training.get("seed", 0)))
     return dataset.stack(job["channels"]), sparse

@@ -10,10 +10,9 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fibml.channels import channel_key
 from fibml.checkpoints import load_model, resolve_checkpoint
-from fibml.data.transforms import normalize_channels
-from fibml.io import LABELS, read_dataset
+from fibml.data.volume import EvaluationVolume, unlabelled_volume
+from fibml.io import LABELS
 from fibml.metrics.morphology import INLETS
 from fibml.metrics.table import (
     ANISOTROPY,
@@ -33,11 +32,11 @@ from fibml.pipelines.common import (
     slug,
     voltage_weights,
 )
-from fibml.pipelines.scoring import phase_count, phase_names, truth_slices, write_method
+from fibml.pipelines.scoring import write_method
 from fibml.protocols import INPAINTING, task_of
 from fibml.report import save_comparison, save_sections, save_tpcf, write_table
 
-__all__ = ["UnlabelledStack", "evaluate", "evaluate_model", "morphology_settings"]
+__all__ = ["evaluate", "evaluate_model", "morphology_settings"]
 
 
 def evaluate(cfg: DictConfig) -> dict | list[dict]:
@@ -69,7 +68,7 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
     out = Path(cfg.paths.output_dir)
     split = cfg.get("split", "test")
     morphology = morphology_settings(cfg.get("morphology"))
-    reference = None if specs else _test_datamodule(cfg.data, cfg.get("data_dir"))
+    reference = None if specs else _test_volume(cfg.data, cfg.get("data_dir"), split)
     jobs = baseline_jobs(methods, reference) if reference is not None else None
     rows, panels, curves = [], {}, {}
     for spec in specs:
@@ -80,14 +79,14 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
                 f"{checkpoint} is an inpainting model, not a segmentation: use it with predict.py "
                 f"reconstruct.method=ml reconstruct.inpainting_ckpt=... or benchmarks/thickness_comparison.py"
             )
-        datamodule = _test_datamodule(run_cfg.data, cfg.get("data_dir"))
+        volume = _test_volume(run_cfg.data, cfg.get("data_dir"), split)
         if reference is None:
-            reference, jobs = datamodule, baseline_jobs(methods, datamodule)
+            reference, jobs = volume, baseline_jobs(methods, volume)
         several = len(specs) + len(jobs) > 1
-        _check_same_slices(datamodule, reference, split, checkpoint)
+        _check_same_slices(volume, reference, checkpoint)
         name = _unique(method_name(run_cfg), [r["method"] for r in rows], checkpoint)
         row, panels[name] = _evaluate_one(
-            model, datamodule, out / slug(name) if several else out, name, cfg.inference, split,
+            model, volume, data_settings(run_cfg.data), out / slug(name) if several else out, name, cfg.inference,
             cfg.get("save_predictions", True), print_table=not several, curves=curves, morphology=morphology,
         )
         rows.append(row)
@@ -95,50 +94,51 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
     raw = all_channels(reference) if jobs else None  # every channel, read once for all baselines
     for job in jobs:
         row, panels[job["name"]] = evaluate_baseline(
-            job, reference, raw, split, cfg.get("baseline_training") or {},
+            job, reference, raw, cfg.get("baseline_training") or {},
             out / slug(job["name"]) if several else out, cfg.get("save_predictions", True), print_table=not several,
             curves=curves, morphology=morphology,
         )
         rows.append(row)
     if several:
-        _write_comparison(out, rows, panels, curves, reference, split, morphology)
+        _write_comparison(out, rows, panels, curves, reference, morphology)
         return rows
     return rows[0]
 
 
 def evaluate_model(
     model,
-    datamodule,
+    volume: EvaluationVolume,
+    settings: Mapping,
     out_dir: Path,
     name: str,
     inference: Mapping,
-    split: str = "test",
     save_predictions: bool = True,
 ) -> dict:
-    """Predict a split of the datamodule's volume slice by slice (sliding window over whole
-    slices), compare with the labels, write metrics.csv / metrics.md / slices.png, print the table."""
-    return _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predictions)[0]
+    """Predict the scored slices of the volume slice by slice (sliding window over whole slices,
+    the model's input layout `settings`: dims, patch_size, n_adjacent), compare with the labels,
+    write metrics.csv / metrics.md / slices.png, print the table."""
+    return _evaluate_one(model, volume, settings, out_dir, name, inference, save_predictions)[0]
 
 
-def _evaluate_one(model, datamodule, out_dir, name, inference, split, save_predictions, print_table=True,
-                  curves: dict | None = None, morphology: Mapping | None = None):
-    z = datamodule.z_range(split)
-    probabilities = predict_probabilities(model, datamodule.images, data_settings(datamodule), inference, z)
+def _evaluate_one(model, volume: EvaluationVolume, settings: Mapping, out_dir, name, inference, save_predictions,
+                  print_table=True, curves: dict | None = None, morphology: Mapping | None = None):
+    z, truth, voxel = volume.z, volume.truth, volume.voxel_size_nm
+    probabilities = predict_probabilities(model, volume.images, dict(settings), inference, z)
     prediction = probabilities.argmax(0).astype(np.uint8)
     curves = {} if curves is None else curves
-    truth, voxel = truth_slices(datamodule, z), datamodule.dataset.voxel_size_nm
     if truth is not None and "ground truth" not in curves:  # once per evaluation, shared by all methods
         reference = anisotropy_columns(truth, voxel, with_curves=True)["curves"]
         if reference is not None:
             curves["ground truth"] = reference
-    n_phases = phase_count(datamodule) if truth is not None else probabilities.shape[0]
-    row = score_row(name, split, z, prediction, truth, max(probabilities.shape[0], n_phases), voxel, curves,
-                     phases=phase_names(datamodule, max(probabilities.shape[0], n_phases)), morphology=morphology)
-    weights = voltage_weights(model, getattr(datamodule, "voltages", None))
+    n_phases = volume.n_phases if truth is not None else probabilities.shape[0]
+    n = max(probabilities.shape[0], n_phases)
+    row = score_row(name, volume.split, z, prediction, truth, n, voxel, curves, phases=volume.phase_names(n),
+                    morphology=morphology)
+    weights = voltage_weights(model, volume.voltages)
     if weights:
         row["voltage weights"] = format_weights(weights)
     method_curves = {key: curves[key] for key in ("ground truth", name) if key in curves}
-    write_method(out_dir, row, prediction, datamodule, z, save_predictions, print_table, method_curves)
+    write_method(out_dir, row, prediction, volume, save_predictions, print_table, method_curves)
     return row, prediction
 
 
@@ -156,52 +156,28 @@ def morphology_settings(node) -> dict | None:
     return {"phase": int(node.get("phase", 0)), "axes": axes, "inlet": None if inlet is None else str(inlet)}
 
 
-def _test_datamodule(data_cfg: DictConfig, data_dir: str | None):
-    """The datamodule a model was trained with, without augmentation, on data_dir if given; a
-    data_dir without labels.tif (a real acquisition) gives an UnlabelledStack instead."""
+def _test_volume(data_cfg: DictConfig, data_dir: str | None, split: str) -> EvaluationVolume:
+    """The slices `split` of the dataset a model was trained on (its datamodule without
+    augmentation), or of data_dir if given; a data_dir without labels.tif (a real acquisition)
+    gives every slice, unlabelled."""
     if data_dir and not (Path(data_dir) / LABELS).is_file():
-        return UnlabelledStack(data_cfg, data_dir)
+        return unlabelled_volume(data_dir, data_cfg.get("voltages"), data_cfg.get("normalize"), split)
     data_cfg.augmentation = None
     if data_dir:
         data_cfg.data_dir = str(data_dir)
     datamodule = instantiate(data_cfg)
     datamodule.prepare_data()
     datamodule.setup("test")
-    return datamodule
+    return datamodule.evaluation_volume(split)
 
 
-class UnlabelledStack:
-    """A dataset folder without labels.tif (a real acquisition), with the attributes evaluation
-    reads from a datamodule: every slice is predicted and only the measures that need no ground
-    truth are reported (solid fraction, anisotropy errors)."""
-
-    labels = None
-
-    def __init__(self, data_cfg: Mapping, folder: str | Path):
-        self.dataset_path = Path(folder)
-        wanted = data_cfg.get("voltages")
-        self.dataset = read_dataset(self.dataset_path, None if wanted is None else [channel_key(v) for v in wanted])
-        self.voltages = self.dataset.voltages if wanted is None else [channel_key(v) for v in wanted]
-        normalize = dict(data_cfg.get("normalize") or {})
-        self.images = normalize_channels([self.dataset.images[v] for v in self.voltages], **normalize)
-        self.dims, self.patch_size, self.n_adjacent = data_cfg["dims"], data_cfg["patch_size"], data_cfg["n_adjacent"]
-
-    def z_range(self, split: str) -> range:
-        if split != "all":
-            raise ValueError(
-                f"{self.dataset_path} has no {LABELS}, so it has no held-out {split!r} block: "
-                f"evaluate it with split=all (every slice; solid fraction and anisotropy errors)"
-            )
-        return range(self.images.shape[1])
-
-
-def _check_same_slices(datamodule, reference, split: str, checkpoint: Path) -> None:
+def _check_same_slices(volume: EvaluationVolume, reference: EvaluationVolume, checkpoint: Path) -> None:
     """Methods are compared only on the same (labelled) slices of the same dataset."""
-    here = (Path(datamodule.dataset_path).resolve(), datamodule.z_range(split))
-    there = (Path(reference.dataset_path).resolve(), reference.z_range(split))
+    here = (Path(volume.path).resolve(), volume.z)
+    there = (Path(reference.path).resolve(), reference.z)
     z = here[1]
-    same_labels = datamodule.labels is None or np.array_equal(
-        datamodule.labels[z.start : z.stop], reference.labels[z.start : z.stop]
+    same_labels = volume.labels is None or np.array_equal(
+        volume.labels[z.start : z.stop], reference.labels[z.start : z.stop]
     )
     if here != there or not same_labels:
         raise ValueError(
@@ -211,11 +187,10 @@ def _check_same_slices(datamodule, reference, split: str, checkpoint: Path) -> N
         )
 
 
-def _write_comparison(out: Path, rows: list[dict], panels: dict, curves: dict, reference, split: str,
+def _write_comparison(out: Path, rows: list[dict], panels: dict, curves: dict, reference: EvaluationVolume,
                       morphology: Mapping | None = None) -> None:
     """metrics.* (a row per method), comparison.* (a column per method) and comparison.png."""
-    z = reference.z_range(split)
-    truth = truth_slices(reference, z)
+    z, truth, voxel = reference.z, reference.truth, reference.voxel_size_nm
     out.mkdir(parents=True, exist_ok=True)
     table = write_table(rows, out / "metrics")
     scores = [m for m in dict.fromkeys(k for r in rows for k in r) if m.startswith("IoU ")]
@@ -223,18 +198,18 @@ def _write_comparison(out: Path, rows: list[dict], panels: dict, curves: dict, r
                 if any(m in r for r in rows)]
     transposed = [{"measure": m} | {r["method"]: r.get(m, "") for r in rows} for m in measures]
     if truth is not None:  # the ground truth's own values, anisotropy included (finite size)
-        truth_aniso = anisotropy_columns(truth, reference.dataset.voxel_size_nm)
+        truth_aniso = anisotropy_columns(truth, voxel)
         ideal = {"MP %": 0.0, "MGP %": 0.0, "MDS": 1.0, "awe %": 0.0, "solid fraction": float((truth == 1).mean())}
         ideal |= {m: 1.0 for m in scores} | truth_aniso
         if morphology:
-            ideal |= morphology_columns(truth, reference.dataset.voxel_size_nm, **morphology)
+            ideal |= morphology_columns(truth, voxel, **morphology)
         transposed = [{"measure": t["measure"], "ground truth": ideal[t["measure"]]} | t for t in transposed]
         save_comparison(out / "comparison.png", reference.images[0, z.start : z.stop], truth, panels,
-                        title=f"{Path(reference.dataset_path).name}, {split} slices")
+                        title=reference.title())
     comparison = write_table(transposed, out / "comparison")
     save_tpcf(out / "tpcf.png", curves)
-    save_sections(out / "slices.png", reference.images[0, z.start : z.stop], panels, truth,
-                  reference.dataset.voxel_size_nm, title=f"{Path(reference.dataset_path).name}, {split} slices")
+    save_sections(out / "slices.png", reference.images[0, z.start : z.stop], panels, truth, voxel,
+                  title=reference.title())
     print(f"\n{table}\n\n{comparison}\n\nwritten to {out}")
 
 

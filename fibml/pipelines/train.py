@@ -21,7 +21,7 @@ from fibml.checkpoints import CONFIG_KEY, build_model, prepare_resume, resolve_c
 from fibml.config import register_resolvers
 from fibml.io import write_json
 from fibml.nets.unet import ResidualUNet
-from fibml.pipelines.common import format_weights, method_name, voltage_weights
+from fibml.pipelines.common import data_settings, format_weights, method_name, voltage_weights
 from fibml.pipelines.evaluate import evaluate_model
 from fibml.protocols import SEGMENTATION, WeighsVoltages, task_of
 
@@ -85,7 +85,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         log.info("learned weight of each voltage (best checkpoint): %s", format_weights(weights))
     if evaluate and trainer.is_global_zero:
         datamodule.setup("test")
-        row = evaluate_model(model, datamodule, Path(cfg.paths.output_dir), method_name(run_config), cfg.inference)
+        row = evaluate_model(model, datamodule.evaluation_volume("test"), data_settings(cfg.data),
+                             Path(cfg.paths.output_dir), method_name(run_config), cfg.inference)
         metrics.update({f"test/{k}": v for k, v in row.items() if isinstance(v, float)})
     if report and trainer.is_global_zero:
         # a task's own report (tables, figures): a function (model, datamodule, out_dir) -> {metric: value}
