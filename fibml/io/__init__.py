@@ -23,19 +23,37 @@ through memory maps (whose pages count in the process's resident memory, up to t
 the files): both use positioned reads and writes (os.preadv / os.pwrite) of just the bytes
 needed.
 
+Acquisitions. What a microscope writes (a folder of one TIFF per slice, per detector or
+voltage; a multi-page stack; one image) is opened with `open_acquisition`: files in slice
+order, grouped into channels, the vendor's data bar cut off, the pixel size, voltage, detector,
+tilt and date read from the FEI / Thermo Fisher, Zeiss, OME or ImageJ metadata; every series is
+a `SliceSeries`, a slice source read one slice at a time.
+
 The package by job: `tiff` (whole stacks and their voxel size), `lazy` (slice-by-slice reads
 and positioned writes), `integrity` (truncated TIFFs), `dataset` (dataset folders, manifests,
-thickness.csv), `files` (JSON, CSV values, atomic writes). Their public names are importable
-from fibml.io itself.
+thickness.csv), `files` (JSON, CSV values, atomic writes), `vendor` (the metadata of vendor
+TIFFs), `databar` (the information bar under SEM images), `acquisition` (slice series as
+microscopes write them). Their public names are importable from fibml.io itself.
 """
 
 from fibml.channels import channel_key, channel_label
+from fibml.io.acquisition import (
+    Acquisition,
+    SliceSeries,
+    acquisition_channel,
+    is_acquisition_folder,
+    natural_key,
+    open_acquisition,
+    slice_number,
+)
+from fibml.io.databar import databar_rows, detect_databar
 from fibml.io.dataset import (
     LABELS,
     MANIFEST,
     THICKNESS,
     Dataset,
     available_channels,
+    dataset_manifest,
     open_dataset_stacks,
     read_dataset,
     read_manifest,
@@ -47,28 +65,41 @@ from fibml.io.dataset import (
 from fibml.io.files import atomic_path, json_default, shape_mismatch, write_json
 from fibml.io.lazy import LazyStack, StackFile, create_stack_file, open_stack, open_stack_file
 from fibml.io.tiff import read_stack, write_stack
+from fibml.io.vendor import SliceMetadata, read_slice_metadata
 
 __all__ = [
     "LABELS",
     "MANIFEST",
     "THICKNESS",
+    "Acquisition",
     "Dataset",
     "LazyStack",
+    "SliceMetadata",
+    "SliceSeries",
     "StackFile",
+    "acquisition_channel",
     "atomic_path",
     "available_channels",
     "channel_key",
     "channel_label",
     "create_stack_file",
+    "databar_rows",
+    "dataset_manifest",
+    "detect_databar",
+    "is_acquisition_folder",
     "json_default",
+    "natural_key",
+    "open_acquisition",
     "open_dataset_stacks",
     "open_stack",
     "open_stack_file",
     "read_dataset",
     "read_manifest",
+    "read_slice_metadata",
     "read_stack",
     "read_thickness_csv",
     "shape_mismatch",
+    "slice_number",
     "stack_name",
     "write_dataset",
     "write_json",

@@ -30,6 +30,7 @@ __all__ = [
     "THICKNESS",
     "Dataset",
     "available_channels",
+    "dataset_manifest",
     "open_dataset_stacks",
     "read_dataset",
     "read_manifest",
@@ -195,16 +196,8 @@ def write_dataset(
             write_thickness_csv(tmp / THICKNESS, check_thicknesses(thickness_nm, n_slices=reference[0], where=THICKNESS))
         for name, (array, extra_voxel) in (extra_stacks or {}).items():
             write_stack(tmp / name, array, extra_voxel)
-        content = {
-            "fibml_version": fibml.__version__,
-            **dict(manifest or {}),
-            "voxel_size_nm": voxel,
-            "shape": list(reference),
-            "voltages_kV": sorted({_voltage_of(v) for v in images}),
-            "channels": [channel_label(v) for v in _sorted_channels(images)],
-            "files": sorted([*shapes, *(extra_stacks or {})] + ([THICKNESS] if thickness_nm is not None else [])),
-        }
-        write_json(tmp / MANIFEST, content)
+        files = [*shapes, *(extra_stacks or {})] + ([THICKNESS] if thickness_nm is not None else [])
+        write_json(tmp / MANIFEST, dataset_manifest(list(images), reference, voxel, files, manifest))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -212,6 +205,21 @@ def write_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def dataset_manifest(channels: Sequence[Channel], shape: Sequence[int], voxel_size_nm: Sequence[float],
+                     files: Sequence[str], extra: Mapping | None = None) -> dict:
+    """The content of a dataset folder's manifest.json: fibml's version, `extra` (what made the
+    dataset), then the voxel size (z, y, x) nm, the shape, the voltages, the channels and the files."""
+    return {
+        "fibml_version": fibml.__version__,
+        **dict(extra or {}),
+        "voxel_size_nm": [float(v) for v in voxel_size_nm],
+        "shape": [int(n) for n in shape],
+        "voltages_kV": sorted({_voltage_of(v) for v in channels}),
+        "channels": [channel_label(v) for v in _sorted_channels(channels)],
+        "files": sorted(files),
+    }
 
 
 def write_thickness_csv(
