@@ -18,7 +18,7 @@ from fibml.protocols import read_region  # noqa: E402
 
 __all__ = [
     "backscatter_report", "markdown_table", "prediction_report", "save_comparison", "save_importances",
-    "save_sections", "save_tpcf", "write_table",
+    "save_sections", "save_spacing_scan", "save_tpcf", "write_table",
 ]
 
 
@@ -152,6 +152,23 @@ def save_tpcf(path: str | Path, curves: Mapping[str, Mapping], columns: int = 4)
         ax.tick_params(labelsize=7)
     axes[0, 0].set_ylabel("S2 of the solid", fontsize=8)
     axes[0, 0].legend(fontsize=7)
+    return _save_figure(fig, path)
+
+
+def save_spacing_scan(path: str | Path, scan: Mapping, title: str = "") -> Path:
+    """PNG of a slice-spacing estimate (fibml.metrics.spacing.SpacingEstimate.as_dict()): the
+    anisotropy error against the candidate spacing, the estimate and its uncertainty marked."""
+    fig, ax = plt.subplots(figsize=(5.0, 3.2))
+    ax.plot(scan["scan"]["candidates_nm"], scan["scan"]["errors"], ".-", label="e_TPCF + e_LPF")
+    estimate, sigma = float(scan["spacing_nm"]), float(scan["uncertainty_nm"])
+    ax.axvline(estimate, color="C3", label=f"estimate {estimate:.3g} nm" + (f" ± {sigma:.2g}" if np.isfinite(sigma) else ""))
+    if np.isfinite(sigma):
+        ax.axvspan(estimate - sigma, estimate + sigma, color="C3", alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_xlabel("slice spacing (nm)")
+    ax.set_ylabel("anisotropy error")
+    ax.set_title(title or "slice spacing at which the structure is most isotropic", fontsize=9)
+    ax.legend(fontsize=8)
     return _save_figure(fig, path)
 
 

@@ -24,6 +24,7 @@ import scipy.fft
 
 __all__ = [
     "anisotropy_report",
+    "curve_along",
     "two_point_correlation",
     "lineal_path",
     "ligament_diameters",
@@ -149,6 +150,19 @@ def local_thickness_2d(planes) -> np.ndarray:
     out = np.zeros(stack.size)
     out[flat] = diameter
     return out.reshape(planes.shape)
+
+
+def curve_along(volume, axis: str, kind: str = "tpcf", phase: int = 1, max_distance: int | None = None) -> np.ndarray:
+    """One directional curve, S2 ("tpcf") or L ("lpf"), along one axis ("x", "y" or "z") for
+    r = 0..max_distance voxels of that axis; max_distance is bounded by that axis only (default
+    min(100, its length // 2)), so a short z stack does not shorten the x and y curves."""
+    if axis not in AXES:
+        raise ValueError(f"axis must be one of {', '.join(AXES)}, got {axis!r}")
+    if kind not in ("tpcf", "lpf"):
+        raise ValueError(f"kind must be 'tpcf' (two-point correlation) or 'lpf' (lineal path), got {kind!r}")
+    mask = _phase_mask(check_label_volume(volume), phase)
+    rmax = _max_distance((mask.shape[AXES[axis]],), max_distance)
+    return (_s2_along if kind == "tpcf" else _lineal_path_along)(mask, AXES[axis], rmax)
 
 
 def l2_anisotropy_error(fx, fy, fz) -> float:
