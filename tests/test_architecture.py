@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("inference", ["fibml.inference"]),
     ("report", ["fibml.report"]),
     ("pipelines", ["fibml.pipelines"]),
-    ("commands", ["fibml.synth.__main__"]),
+    ("commands", ["fibml.synth.__main__", "fibml.ingest"]),
 ]
 
 
