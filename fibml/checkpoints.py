@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -22,14 +23,17 @@ from fibml.config import register_resolvers
 
 __all__ = [
     "CONFIG_KEY",
+    "DATA_KEY",
     "LOGGERS_KEY",
     "build_model",
     "load_model",
     "prepare_resume",
     "resolve_checkpoint",
+    "training_voxel_size",
 ]
 
 CONFIG_KEY = "fibml_config"
+DATA_KEY = "fibml_training_data"  # what the model was trained on: {"voxel_size_nm": [z, y, x], "dataset": path}
 LOGGERS_KEY = "fibml_loggers"  # logger class name -> run id / version (a resumed run continues the wandb one)
 
 log = logging.getLogger(__name__)
@@ -56,9 +60,25 @@ def load_model(checkpoint: str | Path):
     if CONFIG_KEY not in state:
         raise ValueError(f"{checkpoint} holds no fibml config: it was not written by fibml's train.py")
     run_cfg = OmegaConf.create(state[CONFIG_KEY])
+    if DATA_KEY in state:  # beside the config: what the data turned out to be (voxel size)
+        with open_dict(run_cfg):
+            run_cfg.training_data = state[DATA_KEY]
     model = build_model(run_cfg.model)
     model.load_state_dict(state["state_dict"])
     return model.eval(), run_cfg
+
+
+def training_voxel_size(run_cfg: DictConfig) -> tuple[float, float, float] | None:
+    """The voxel size (z, y, x) nm of the data a checkpoint's model was trained on: as stored in
+    the checkpoint, else (older checkpoints) the embedded default generator's; None if unknown."""
+    stored = (run_cfg.get("training_data") or {}).get("voxel_size_nm")
+    if stored:
+        return tuple(float(v) for v in stored)
+    data = run_cfg.get("data") or {}
+    voxel = None if data.get("data_dir") else (data.get("generator") or {}).get("voxel_size_nm")
+    if voxel is None:
+        return None
+    return tuple(float(v) for v in np.broadcast_to(np.asarray(voxel, dtype=float), (3,)))
 
 
 def build_model(model_cfg: DictConfig):

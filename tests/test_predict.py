@@ -189,3 +189,34 @@ def test_reconstruct_settings_are_read_once_and_checked():
         ReconstructSettings.from_config({"grid": 2.5})
     with pytest.raises(ValueError, match="reconstruct.method=ml needs reconstruct.inpainting_ckpt"):
         ReconstructSettings.from_config({"enabled": True, "method": "ml"})
+
+
+@pytest.mark.slow
+def test_predict_takes_a_folder_of_vendor_slices(model_run, tiny_dataset, tmp_path):
+    """The tiny dataset written as a Thermo Fisher slice series per voltage (uint16, a data bar
+    under every slice, one series per detector voltage, numbered from 1) predicts exactly as the
+    same pixels in a dataset folder; a pixel size far from training's is warned about."""
+    from tests.vendor_files import write_fei_tiff
+
+    folder, same = tmp_path / "asv", tmp_path / "same"
+    folder.mkdir()
+    stacks = {}
+    for v in VOLTAGES:
+        stack, _ = read_stack(tiny_dataset / f"bse_{v}kV.tif")
+        stacks[v] = np.round((stack - stack.min()) / (stack.max() - stack.min()) * 60000).astype(np.uint16)
+        for z, image in enumerate(stacks[v]):
+            write_fei_tiff(folder / f"CBS {v}kV SliceImage - {z + 1}.tif", image, databar_rows=14, pixel_nm=2.5,
+                           hv_kv=float(v), detector="CBS", mode="BSE")
+        write_stack(same / f"bse_{v}kV.tif", stacks[v], (2.5, 2.5, 2.5))
+    out = _predict(model_run, folder, tmp_path / "out", tmp_path, "acquisition.slice_thickness_nm=2.5")
+    reference = _predict(model_run, same, tmp_path / "reference", tmp_path)
+    segmentation, voxel = read_stack(out / "segmentation.tif")
+    np.testing.assert_array_equal(segmentation, read_stack(reference / "segmentation.tif")[0])
+    assert segmentation.shape == (40, 48, 48) and voxel == (2.5, 2.5, 2.5)
+    info = json.loads((out / "prediction.json").read_text())
+    assert info["warnings"] == [] and info["input"][0] == str(folder)
+
+    coarse = _predict(model_run, folder, tmp_path / "coarse", tmp_path, "acquisition.slice_thickness_nm=9",
+                      "acquisition.pixel_size_nm=9")
+    warnings = json.loads((coarse / "prediction.json").read_text())["warnings"]
+    assert len(warnings) == 2 and "pixel size along x is 9 nm" in warnings[1] and "trained on 2.5 nm" in warnings[1]

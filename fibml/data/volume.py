@@ -13,7 +13,7 @@ import numpy as np
 
 from fibml.channels import Channel, channel_key
 from fibml.data.transforms import normalize_channels
-from fibml.io import LABELS, Dataset, read_dataset
+from fibml.io import LABELS, Dataset, is_acquisition_folder, open_acquisition, read_dataset
 
 __all__ = ["EvaluationVolume", "unlabelled_volume"]
 
@@ -65,8 +65,9 @@ class EvaluationVolume:
 
 
 def unlabelled_volume(folder: str | Path, voltages: Sequence | None, normalize: Mapping | None,
-                      split: str = "all") -> EvaluationVolume:
-    """Every slice of a dataset folder without labels.tif (a real acquisition), normalised as
+                      split: str = "all", acquisition: Mapping | None = None) -> EvaluationVolume:
+    """Every slice of a dataset folder without labels.tif, or of a folder of slices as the
+    microscope wrote them (read with open_acquisition's `acquisition` settings), normalised as
     the model's training data was: scored only by the measures that need no ground truth."""
     folder = Path(folder)
     if split != "all":
@@ -75,7 +76,33 @@ def unlabelled_volume(folder: str | Path, voltages: Sequence | None, normalize: 
             f"evaluate it with split=all (every slice; solid fraction and anisotropy errors)"
         )
     wanted = None if voltages is None else [channel_key(v) for v in voltages]
-    dataset = read_dataset(folder, wanted)
+    if is_acquisition_folder(folder):
+        dataset = _read_acquisition(folder, wanted, dict(acquisition or {}))
+    else:
+        dataset = read_dataset(folder, wanted)
     channels = dataset.voltages if wanted is None else wanted
     images = normalize_channels([dataset.images[v] for v in channels], **dict(normalize or {}))
     return EvaluationVolume(folder, dataset, list(channels), images, None, split, range(images.shape[1]), None)
+
+
+def _read_acquisition(folder: Path, wanted: list | None, settings: dict) -> Dataset:
+    """A folder of per-slice TIFFs read whole into a Dataset (evaluation works in memory): its
+    series as the wanted channels (a single series as a single wanted channel)."""
+    default = wanted[0] if wanted and len(wanted) == 1 else None
+    acquisition = open_acquisition(folder, default_channel=default, **settings)
+    series = dict(acquisition.channels)
+    if wanted and len(wanted) == 1 and len(series) == 1:
+        series = {wanted[0]: next(iter(series.values()))}
+    missing = [c for c in wanted or [] if c not in series]
+    if missing:
+        raise FileNotFoundError(f"{folder} holds the series {', '.join(map(str, acquisition.channels))}, not "
+                                f"{', '.join(map(str, missing))}: name them with acquisition.channels={{<channel>: '<pattern>'}}")
+    z, y, x = acquisition.voxel_size_nm
+    if z is None:
+        raise ValueError(
+            f"{folder}: the slice thickness is in none of the files, and the anisotropy errors need it: set "
+            "acquisition.slice_thickness_nm=<nm>, or ingest the folder first with python -m fibml.ingest "
+            "slice_thickness_nm=auto"
+        )
+    images = {c: s[:] for c, s in series.items() if wanted is None or c in wanted}
+    return Dataset(folder, images, (z, y, x), None, acquisition.manifest())

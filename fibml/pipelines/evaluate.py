@@ -32,6 +32,7 @@ from fibml.pipelines.common import (
     slug,
     voltage_weights,
 )
+from fibml.pipelines.ingest import acquisition_settings
 from fibml.pipelines.scoring import write_method
 from fibml.protocols import INPAINTING, task_of
 from fibml.report import save_comparison, save_sections, save_tpcf, write_table
@@ -68,7 +69,8 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
     out = Path(cfg.paths.output_dir)
     split = cfg.get("split", "test")
     morphology = morphology_settings(cfg.get("morphology"))
-    reference = None if specs else _test_volume(cfg.data, cfg.get("data_dir"), split)
+    acquisition = acquisition_settings(cfg.get("acquisition") or {})
+    reference = None if specs else _test_volume(cfg.data, cfg.get("data_dir"), split, acquisition)
     jobs = baseline_jobs(methods, reference) if reference is not None else None
     rows, panels, curves = [], {}, {}
     for spec in specs:
@@ -79,7 +81,7 @@ def evaluate(cfg: DictConfig) -> dict | list[dict]:
                 f"{checkpoint} is an inpainting model, not a segmentation: use it with predict.py "
                 f"reconstruct.method=ml reconstruct.inpainting_ckpt=... or benchmarks/thickness_comparison.py"
             )
-        volume = _test_volume(run_cfg.data, cfg.get("data_dir"), split)
+        volume = _test_volume(run_cfg.data, cfg.get("data_dir"), split, acquisition)
         if reference is None:
             reference, jobs = volume, baseline_jobs(methods, volume)
         several = len(specs) + len(jobs) > 1
@@ -156,12 +158,13 @@ def morphology_settings(node) -> dict | None:
     return {"phase": int(node.get("phase", 0)), "axes": axes, "inlet": None if inlet is None else str(inlet)}
 
 
-def _test_volume(data_cfg: DictConfig, data_dir: str | None, split: str) -> EvaluationVolume:
+def _test_volume(data_cfg: DictConfig, data_dir: str | None, split: str,
+                 acquisition: Mapping | None = None) -> EvaluationVolume:
     """The slices `split` of the dataset a model was trained on (its datamodule without
-    augmentation), or of data_dir if given; a data_dir without labels.tif (a real acquisition)
-    gives every slice, unlabelled."""
+    augmentation), or of data_dir if given; a data_dir without labels.tif (a real acquisition:
+    a dataset folder, or slices as the microscope wrote them) gives every slice, unlabelled."""
     if data_dir and not (Path(data_dir) / LABELS).is_file():
-        return unlabelled_volume(data_dir, data_cfg.get("voltages"), data_cfg.get("normalize"), split)
+        return unlabelled_volume(data_dir, data_cfg.get("voltages"), data_cfg.get("normalize"), split, acquisition)
     data_cfg.augmentation = None
     if data_dir:
         data_cfg.data_dir = str(data_dir)

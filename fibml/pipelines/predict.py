@@ -15,12 +15,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fibml.channels import channel_key, channel_label
-from fibml.checkpoints import load_model, resolve_checkpoint
+from fibml.checkpoints import load_model, resolve_checkpoint, training_voxel_size
 from fibml.data.registration import ShiftedStack, read_shifts_csv, registration_shifts, write_shifts_csv
 from fibml.data.transforms import stack_percentiles
 from fibml.inference import InferenceSettings, NormalizedStack, PredictorFactory, predict_to_disk, resolve_device
 from fibml.io import (
+    SliceSeries,
     available_channels,
+    is_acquisition_folder,
+    open_acquisition,
     open_dataset_stacks,
     open_stack,
     read_stack,
@@ -30,13 +33,14 @@ from fibml.io import (
     write_stack,
 )
 from fibml.pipelines.common import data_settings
+from fibml.pipelines.ingest import acquisition_settings
 from fibml.pipelines.translate import translate
 from fibml.protocols import INPAINTING, SEGMENTATION, task_of
 from fibml.reconstruct.inpainting import inpaint_volume
 from fibml.reconstruct.pipeline import reconstruct_stack, thicknesses_from
 from fibml.report import prediction_report
 
-__all__ = ["CheckpointPredictor", "ReconstructSettings", "load_inpainter", "predict"]
+__all__ = ["RESOLUTION_TOLERANCE", "CheckpointPredictor", "ReconstructSettings", "load_inpainter", "predict", "resolution_warnings"]
 
 
 def predict(cfg: DictConfig) -> Path:
@@ -63,8 +67,11 @@ def predict(cfg: DictConfig) -> Path:
                          "model (task=translate runs a CycleGAN)")
     settings = data_settings(run_cfg.data)
     voltages = [channel_key(v) for v in run_cfg.data.voltages]
-    stacks, voxel, source = _open_inputs(cfg.input, voltages, checkpoint)
+    stacks, voxel, source = _open_inputs(cfg.input, voltages, checkpoint, cfg.get("acquisition") or {})
     voxel = tuple(float(v) for v in cfg.voxel_size_nm) if cfg.get("voxel_size_nm") else voxel
+    warnings = resolution_warnings(voxel, training_voxel_size(run_cfg), checkpoint, source)
+    for line in warnings:
+        print(f"warning: {line}")
     reconstruct = ReconstructSettings.from_config(cfg.get("reconstruct"))
     out = Path(cfg.output)
     started = time.perf_counter()
@@ -91,7 +98,7 @@ def predict(cfg: DictConfig) -> Path:
     devices = devices if devices and len(devices) > 1 else None
     fingerprint = {
         "checkpoint": _file_identity(checkpoint),
-        "input": [_file_identity(stack.path) for stack in stacks.values()],
+        "input": [_source_identity(stack) for stack in stacks.values()],
         "voxel_size_nm": list(voxel) if voxel else None,
         "normalize": normalize,
         "registration": None if table is None else {str(c): np.round(t, 4).tolist() for c, t in table.items()},
@@ -134,6 +141,7 @@ def predict(cfg: DictConfig) -> Path:
             "max_shift_px": float(max(np.abs(t).max() for t in table.values())),
         },
         "seconds": round(time.perf_counter() - started, 3),
+        "warnings": warnings,
     } | ({} if reconstruction is None else {"reconstruction": reconstruction["info"]
                                              | {"ruler_band_rows": reconstruction["band_rows"]}})
     info |= prediction_report(out, out / "segmentation.tif", channels[0], voxel, info,
@@ -187,9 +195,10 @@ class _SliceRange:
         return self.source[self.z[i]]
 
 
-def _open_inputs(spec, voltages: list, checkpoint: Path) -> tuple[dict, tuple | None, Path]:
-    """The model's input stacks, opened lazily and checked: {channel: LazyStack}, voxel size and
-    the input path (a dataset folder, one TIFF, or a list of TIFFs in the model's voltage order)."""
+def _open_inputs(spec, voltages: list, checkpoint: Path, acquisition: Mapping) -> tuple[dict, tuple | None, Path]:
+    """The model's input stacks, opened lazily and checked: {channel: slice source}, voxel size
+    and the input path (a dataset folder, a folder of slices as the microscope wrote them, one
+    TIFF, or a list of TIFFs in the model's voltage order)."""
     wanted = ", ".join(map(channel_label, voltages))
     if isinstance(spec, (list, tuple)) or OmegaConf.is_list(spec):
         paths = [Path(p) for p in spec]
@@ -204,6 +213,8 @@ def _open_inputs(spec, voltages: list, checkpoint: Path) -> tuple[dict, tuple | 
         voxel = next((s.voxel_size_nm for s in stacks.values() if s.voxel_size_nm), None)
         return stacks, voxel, paths[0].parent
     source = Path(spec)
+    if is_acquisition_folder(source):
+        return _open_acquisition(source, voltages, checkpoint, acquisition)
     if source.is_dir():
         missing = [c for c in voltages if not (source / stack_name(c)).is_file()]
         if missing:  # the checkpoint's model needs other voltages (or channels) than the folder holds
@@ -222,6 +233,55 @@ def _open_inputs(spec, voltages: list, checkpoint: Path) -> tuple[dict, tuple | 
         stack = open_stack(source)
         return {voltages[0]: stack}, stack.voxel_size_nm, source
     raise FileNotFoundError(f"input {source} is neither a dataset folder nor a TIFF file")
+
+
+RESOLUTION_TOLERANCE = 0.2  # a pixel size this much (relative) off the training voxel size is warned about
+
+
+def resolution_warnings(voxel, trained, checkpoint, source) -> list[str]:
+    """Warnings when the input's in-plane pixel size differs from the voxel size the model was
+    trained on by more than RESOLUTION_TOLERANCE (the net sees its features at another scale)."""
+    if trained is None:
+        return []
+    if voxel is None:
+        return [f"{source} carries no pixel size, so it cannot be checked against the {trained[2]:g} nm voxels "
+                f"{checkpoint} was trained on: give voxel_size_nm=[z,y,x]"]
+    lines = []
+    for axis, here, there in (("y", voxel[1], trained[1]), ("x", voxel[2], trained[2])):
+        if abs(here / there - 1.0) > RESOLUTION_TOLERANCE:
+            lines.append(
+                f"the input's pixel size along {axis} is {here:.4g} nm, {checkpoint} was trained on {there:.4g} nm "
+                f"voxels ({here / there:.2f}x): its structures appear {'smaller' if here > there else 'larger'} "
+                "in pixels than in training; resample the stack to the training voxel size or train on data at this one"
+            )
+    return lines
+
+
+def _open_acquisition(folder: Path, voltages: list, checkpoint: Path,
+                      settings: Mapping) -> tuple[dict, tuple | None, Path]:
+    """A folder of per-slice TIFFs (fibml.io.open_acquisition, predict.yaml's acquisition.*): its
+    series as the model's channels; a single series feeds a single-channel model whatever its name."""
+    acquisition = open_acquisition(folder, **acquisition_settings(settings),
+                                   default_channel=voltages[0] if len(voltages) == 1 else None)
+    found = list(acquisition.channels)
+    if len(voltages) == 1 and len(found) == 1:
+        if found[0] != voltages[0]:
+            print(f"note: {folder} holds {channel_label(found[0])}, the model was trained on "
+                  f"{channel_label(voltages[0])}: predicting with it anyway")
+        stacks = {voltages[0]: acquisition.channels[found[0]]}
+    else:
+        missing = [c for c in voltages if c not in acquisition.channels]
+        if missing:
+            raise FileNotFoundError(
+                f"{folder} holds the series {', '.join(map(channel_label, found))}, but {checkpoint} was trained on "
+                f"{', '.join(map(channel_label, voltages))}: name the series with acquisition.channels="
+                "{<channel>: '<file pattern>'}"
+            )
+        stacks = {c: acquisition.channels[c] for c in voltages}
+    for key, line in acquisition.provenance.items():
+        print(f"{folder}: {key.replace('_', ' ')}: {line}")
+    z, y, x = acquisition.voxel_size_nm
+    return stacks, None if z is None else (z, y, x), folder
 
 
 def _earlier_speed(out: Path, summary: Mapping) -> float:
@@ -258,6 +318,16 @@ def _file_identity(path) -> dict:
     """What identifies a file's content for resuming: path, size, modification time."""
     stat = Path(path).stat()
     return {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _source_identity(stack) -> dict:
+    """What identifies an input's content: its file's, or for a series of slices the folder,
+    the number of files, their total size, the latest modification and the crop."""
+    if not isinstance(stack, SliceSeries):
+        return _file_identity(stack.path)
+    stats = [f.stat() for f in stack.files]
+    return {"path": str(stack.path.resolve()), "files": len(stats), "bytes": sum(s.st_size for s in stats),
+            "mtime_ns": max(s.st_mtime_ns for s in stats), "crop": list(stack.crop)}
 
 
 @dataclass(frozen=True)
