@@ -148,3 +148,30 @@ def test_morphology_columns_are_nan_where_undefined_and_settings_are_checked():
         morphology_settings({"enabled": True, "axes": ["w"]})
     with pytest.raises(ValueError, match="morphology.inlet must be one of z0, z1"):
         morphology_settings({"enabled": True, "inlet": "q0"})
+
+
+def test_otsu_on_a_folder_of_vendor_slices_scored_without_ground_truth(tiny_dataset, tmp_path):
+    """evaluate.py data_dir=<slices as the microscope wrote them>: the series read with its data bar
+    cut off, every slice scored by the measures that need no labels, the same as the pixels in a
+    dataset folder."""
+    from fibml.io import write_stack
+    from tests.vendor_files import write_fei_tiff
+
+    stack, _ = read_stack(tiny_dataset / "bse_2kV.tif")
+    grey = np.round((stack - stack.min()) / (stack.max() - stack.min()) * 255).astype(np.uint8)
+    folder = tmp_path / "asv"
+    folder.mkdir()
+    for z, image in enumerate(grey):
+        write_fei_tiff(folder / f"SliceImage - {z + 1}.tif", image, databar_rows=10, pixel_nm=2.5, hv_kv=2.0,
+                       detector="CBS", mode="BSE")
+    write_stack(tmp_path / "same" / "bse_2kV.tif", grey, 2.5)
+    rows = [
+        evaluate(compose_config("evaluate", ["method=otsu", f"data_dir={source}", "split=all", *extra], tmp_path / name))
+        for name, source, extra in (("a", folder, ["acquisition.slice_thickness_nm=2.5"]), ("b", tmp_path / "same", []))
+    ]
+    assert rows[0]["solid fraction"] == rows[1]["solid fraction"] and "MP %" not in rows[0]
+    assert rows[0]["e_TPCF"] == rows[1]["e_TPCF"]
+    prediction, voxel = read_stack(tmp_path / "a" / "run" / "prediction.tif")
+    assert prediction.shape == (40, 48, 48) and voxel == (2.5, 2.5, 2.5)
+    with pytest.raises(ValueError, match="slice thickness is in none of the files.*acquisition.slice_thickness_nm"):
+        evaluate(compose_config("evaluate", ["method=otsu", f"data_dir={folder}", "split=all"], tmp_path / "c"))

@@ -33,7 +33,8 @@ def baseline_jobs(methods: Mapping, reference: EvaluationVolume) -> list[dict]:
     k-means rows of Table 3) or a list of channels (``[se2_1kV, inlens_1kV]``)."""
     if not methods:
         return []
-    channels = available_channels(reference.path)
+    # a dataset folder's stacks; a folder of slices as the microscope wrote them: its series, all read
+    channels = available_channels(reference.path) or reference.dataset.voltages
     jobs = []
     for key, spec in methods.items():
         if not isinstance(spec, Mapping) or "segmenter" not in spec:
