@@ -1,5 +1,5 @@
 """Acquisitions as microscopes write them (fibml.io.open_acquisition): vendor slice series
-built with tests/vendor_files.py (FEI / Thermo Fisher INI in tag 34682, Zeiss CZ_SEM in tag
+built with fibml/synth/vendor_files.py (FEI / Thermo Fisher INI in tag 34682, Zeiss CZ_SEM in tag
 34118), in natural order, with data bars, tilt, gaps, two detectors, bad files."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 from fibml.io import SliceSeries, natural_key, open_acquisition, slice_number
-from tests.vendor_files import write_fei_tiff, write_imagej_tiff, write_zeiss_tiff
+from fibml.synth.vendor_files import write_fei_tiff, write_imagej_tiff, write_zeiss_tiff
 
 H, W = 40, 48
 

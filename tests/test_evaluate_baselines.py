@@ -155,7 +155,7 @@ def test_otsu_on_a_folder_of_vendor_slices_scored_without_ground_truth(tiny_data
     cut off, every slice scored by the measures that need no labels, the same as the pixels in a
     dataset folder."""
     from fibml.io import write_stack
-    from tests.vendor_files import write_fei_tiff
+    from fibml.synth.vendor_files import write_fei_tiff
 
     stack, _ = read_stack(tiny_dataset / "bse_2kV.tif")
     grey = np.round((stack - stack.min()) / (stack.max() - stack.min()) * 255).astype(np.uint8)

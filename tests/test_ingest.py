@@ -14,8 +14,8 @@ from fibml.io import read_dataset, read_stack
 from fibml.metrics.spacing import estimate_slice_spacing
 from fibml.pipelines.ingest import SPACING_FIGURE, ingest
 from fibml.synth.microstructure import leveled_wave
+from fibml.synth.vendor_files import write_fei_tiff, write_zeiss_tiff
 from tests.conftest import compose_config
-from tests.vendor_files import write_fei_tiff, write_zeiss_tiff
 
 
 def _config(tmp_path, *overrides):

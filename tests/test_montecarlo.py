@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from fibml.synth.montecarlo import (
-    safe_distance,
     backscatter_dataset,
     bulk_backscatter,
+    safe_distance,
     simulate_bse_stack,
     simulate_layers,
     write_backscatter_csv,

@@ -196,7 +196,7 @@ def test_predict_takes_a_folder_of_vendor_slices(model_run, tiny_dataset, tmp_pa
     """The tiny dataset written as a Thermo Fisher slice series per voltage (uint16, a data bar
     under every slice, one series per detector voltage, numbered from 1) predicts exactly as the
     same pixels in a dataset folder; a pixel size far from training's is warned about."""
-    from tests.vendor_files import write_fei_tiff
+    from fibml.synth.vendor_files import write_fei_tiff
 
     folder, same = tmp_path / "asv", tmp_path / "same"
     folder.mkdir()

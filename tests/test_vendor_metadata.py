@@ -1,4 +1,4 @@
-"""fibml.io.vendor on files laid out as the vendors write them (tests/vendor_files.py): every field read
+"""fibml.io.vendor on files laid out as the vendors write them (fibml/synth/vendor_files.py): every field read
 back in its unit, the layouts checked against tifffile's own parsers, and files without metadata."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from fibml.io.vendor import SliceMetadata, read_slice_metadata
-from tests.vendor_files import (
+from fibml.synth.vendor_files import (
     fei_ini,
     write_fei_tiff,
     write_imagej_tiff,

@@ -1,4 +1,6 @@
-"""Test helpers: TIFF files laid out as microscope vendors write them, to test fibml.io.vendor on.
+"""Synthetic acquisitions as microscope vendors write them: TIFF files with the vendors' metadata
+tags and data bars, for tests, notebooks and demonstrations of fibml.io.open_acquisition and
+`python -m fibml.ingest` (no real FIB-SEM data can be shipped or downloaded).
 
 FEI / Thermo Fisher: tag 34682 (FEI_HELIOS) with the INI text of a Helios (Auto Slice & View) slice,
 sections in the order and with the key names of real Helios files (public dumps of a Helios NanoLab
