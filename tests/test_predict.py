@@ -220,3 +220,28 @@ def test_predict_takes_a_folder_of_vendor_slices(model_run, tiny_dataset, tmp_pa
                       "acquisition.pixel_size_nm=9")
     warnings = json.loads((coarse / "prediction.json").read_text())["warnings"]
     assert len(warnings) == 2 and "pixel size along x is 9 nm" in warnings[1] and "trained on 2.5 nm" in warnings[1]
+
+
+@pytest.mark.slow
+def test_resample_presents_the_input_at_the_training_voxel_size(model_run, tiny_dataset, tmp_path):
+    """A stack at 1.25 nm pixels (the 2.5 nm dataset enlarged 2x in-plane) predicted with
+    inference.resample=true: the net sees it at 2.5 nm, the segmentation comes back on the 96 x 96
+    grid and matches the 2.5 nm prediction enlarged the same way."""
+    fine = tmp_path / "fine"
+    for v in VOLTAGES:
+        stack, _ = read_stack(tiny_dataset / f"bse_{v}kV.tif")
+        write_stack(fine / f"bse_{v}kV.tif", stack.repeat(2, axis=1).repeat(2, axis=2), (2.5, 1.25, 1.25))
+    direct = read_stack(_predict(model_run, tiny_dataset, tmp_path / "direct", tmp_path) / "segmentation.tif")[0]
+    out = _predict(model_run, fine, tmp_path / "out", tmp_path, "inference.resample=true", "save_probabilities=true")
+    segmentation, voxel = read_stack(out / "segmentation.tif")
+    assert segmentation.shape == (40, 96, 96) and voxel == (2.5, 1.25, 1.25)
+    enlarged = direct.repeat(2, axis=1).repeat(2, axis=2)
+    assert (segmentation == enlarged).mean() > 0.9
+    assert read_stack(out / "probability_class1.tif")[0].shape == (40, 96, 96)
+    info = json.loads((out / "prediction.json").read_text())
+    assert info["resampled"] == {"from_nm": [1.25, 1.25], "to_nm": [2.5, 2.5], "model_grid_yx": [48, 48]}
+    assert info["warnings"] == [] and info["class_fractions"][1] == pytest.approx((segmentation == 1).mean())
+    assert not (out / ".resampled").exists()
+    # without resampling, the same input is warned about
+    plain = _predict(model_run, fine, tmp_path / "plain", tmp_path)
+    assert "1.25 nm" in json.loads((plain / "prediction.json").read_text())["warnings"][0]

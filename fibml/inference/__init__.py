@@ -90,6 +90,7 @@ from fibml.inference.settings import InferenceSettings
 from fibml.inference.windows import (
     NormalizedStack,
     PredictorFactory,
+    ResampledStack,
     first_argmax,
     predict_volume,
     resolve_device,
@@ -105,6 +106,7 @@ __all__ = [
     "InferenceSettings",
     "NormalizedStack",
     "PredictorFactory",
+    "ResampledStack",
     "ResumeLedger",
     "axis_blocks",
     "finished_chunks",

@@ -33,6 +33,7 @@ class InferenceSettings:
     block: list[int] | int | None  # predict.py, 3d: the core block
     precision: str  # predict.py: "32" or "bf16"
     reuse_memory: bool  # keep freed host memory for the next batch (fibml.inference.reuse_host_memory)
+    resample: bool  # predict.py: present the input at the training voxel size, the segmentation back
 
     @classmethod
     def from_config(cls, node: Mapping | InferenceSettings | None) -> InferenceSettings:
@@ -60,6 +61,7 @@ class InferenceSettings:
             block=merged["block"],
             precision=str(merged["precision"]),
             reuse_memory=bool(merged["reuse_memory"]),
+            resample=bool(merged["resample"]),
         )
         if settings.precision not in ("32", "bf16"):
             raise ValueError(f"inference.precision must be 32 or bf16, got {settings.precision!r}")

@@ -16,7 +16,7 @@ from fibml.data.transforms import scale_to_unit
 from fibml.protocols import read_region
 from fibml.sliding_window import sliding_window
 
-__all__ = ["BATCH_BYTES", "NormalizedStack", "Predictor", "PredictorFactory", "SliceReader", "first_argmax",
+__all__ = ["BATCH_BYTES", "NormalizedStack", "ResampledStack", "Predictor", "PredictorFactory", "SliceReader", "first_argmax",
            "predict_volume", "read_block", "resolve_device", "reuse_host_memory", "slice_batches", "window_runner"]
 
 
@@ -70,6 +70,36 @@ class NormalizedStack:
 
     def __repr__(self) -> str:
         return f"NormalizedStack({self.stack!r}, lo={self.lo}, hi={self.hi})"
+
+
+class ResampledStack:
+    """A slice source whose slices are resized in-plane to `size` (rows, columns): bilinear,
+    with Gaussian anti-aliasing when shrinking (scikit-image's resize, the field's standard),
+    float32. predict.py inference.resample=true presents an input to a model at the voxel size
+    it was trained on. Picklable when the source is."""
+
+    def __init__(self, stack, size: tuple[int, int]):
+        rows, cols = (int(n) for n in size)
+        if rows < 1 or cols < 1:
+            raise ValueError(f"resampled slices need at least one row and column, got {size}")
+        self.stack, self.size = stack, (rows, cols)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (int(self.stack.shape[0]), *self.size)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, z: int) -> np.ndarray:
+        from skimage.transform import resize  # imported here: scikit-image is slow to import, and rarely needed
+
+        image = np.asarray(self.stack[z], dtype=np.float32)
+        shrinking = self.size[0] < image.shape[0] or self.size[1] < image.shape[1]
+        return resize(image, self.size, order=1, anti_aliasing=shrinking, preserve_range=True).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"ResampledStack({self.stack!r}, size={self.size})"
 
 
 def predict_volume(

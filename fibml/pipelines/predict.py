@@ -4,6 +4,7 @@ registration and reconstruction of slices of varying thickness; prediction.json 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -18,10 +19,22 @@ from fibml.channels import channel_key, channel_label
 from fibml.checkpoints import load_model, resolve_checkpoint, training_voxel_size
 from fibml.data.registration import ShiftedStack, read_shifts_csv, registration_shifts, write_shifts_csv
 from fibml.data.transforms import stack_percentiles
-from fibml.inference import InferenceSettings, NormalizedStack, PredictorFactory, predict_to_disk, resolve_device
+from fibml.inference import (
+    SEGMENTATION as SEGMENTATION_FILE,
+)
+from fibml.inference import (
+    InferenceSettings,
+    NormalizedStack,
+    PredictorFactory,
+    ResampledStack,
+    predict_to_disk,
+    resolve_device,
+)
 from fibml.io import (
     SliceSeries,
+    atomic_path,
     available_channels,
+    create_stack_file,
     is_acquisition_folder,
     open_acquisition,
     open_dataset_stacks,
@@ -69,7 +82,10 @@ def predict(cfg: DictConfig) -> Path:
     voltages = [channel_key(v) for v in run_cfg.data.voltages]
     stacks, voxel, source = _open_inputs(cfg.input, voltages, checkpoint, cfg.get("acquisition") or {})
     voxel = tuple(float(v) for v in cfg.voxel_size_nm) if cfg.get("voxel_size_nm") else voxel
-    warnings = resolution_warnings(voxel, training_voxel_size(run_cfg), checkpoint, source)
+    inference = InferenceSettings.from_config(cfg.inference)
+    trained = training_voxel_size(run_cfg)
+    resample = _resample_size(inference.resample, voxel, trained, next(iter(stacks.values())).shape, checkpoint)
+    warnings = [] if resample else resolution_warnings(voxel, trained, checkpoint, source)
     for line in warnings:
         print(f"warning: {line}")
     reconstruct = ReconstructSettings.from_config(cfg.get("reconstruct"))
@@ -91,8 +107,10 @@ def predict(cfg: DictConfig) -> Path:
     z = _z_range(cfg.get("z_range"), len(stacks[voltages[0]]))
     if z != range(len(stacks[voltages[0]])):
         channels = [_SliceRange(c, z) for c in channels]
+    shown = channels[0]  # the report's image: on the input's grid
+    if resample:  # the net sees the input at its training voxel size
+        channels = [ResampledStack(c, resample) for c in channels]
 
-    inference = InferenceSettings.from_config(cfg.inference)
     devices = inference.device_list()
     device = resolve_device(devices[0] if devices else inference.device)
     devices = devices if devices and len(devices) > 1 else None
@@ -104,16 +122,20 @@ def predict(cfg: DictConfig) -> Path:
         "registration": None if table is None else {str(c): np.round(t, 4).tolist() for c, t in table.items()},
         "z_range": [z.start, z.stop],
         "precision": inference.precision,
+        "resample": list(resample) if resample else None,
     }
     predictor = CheckpointPredictor(checkpoint, inference.precision)
     summary = predict_to_disk(
-        predictor if devices else predictor.bind(model, device), channels, out, **settings,
-        overlap=inference.overlap, chunk_slices=inference.chunk_slices, block=inference.block,
+        predictor if devices else predictor.bind(model, device), channels, out / RESAMPLED if resample else out,
+        **settings, overlap=inference.overlap, chunk_slices=inference.chunk_slices, block=inference.block,
         slices_per_batch=inference.slices_per_batch, sw_batch_size=inference.sw_batch_size, device=device,
         devices=devices, n_classes=int(run_cfg.model.n_classes),
-        save_probabilities=bool(cfg.get("save_probabilities", False)), voxel_size_nm=voxel, fingerprint=fingerprint,
+        save_probabilities=bool(cfg.get("save_probabilities", False)),
+        voxel_size_nm=(voxel[0], *trained[1:]) if resample else voxel, fingerprint=fingerprint,
         overwrite=bool(cfg.get("overwrite", False)), reuse_memory=inference.reuse_memory,
     )
+    if resample:
+        summary = _back_to_input_grid(summary, out, shown.shape, voxel)
     if table is not None:
         write_shifts_csv(out / "shifts.csv", table)
 
@@ -142,9 +164,12 @@ def predict(cfg: DictConfig) -> Path:
         },
         "seconds": round(time.perf_counter() - started, 3),
         "warnings": warnings,
+        "resampled": None if not resample else {
+            "from_nm": list(voxel[1:]), "to_nm": list(trained[1:]), "model_grid_yx": list(resample),
+        },
     } | ({} if reconstruction is None else {"reconstruction": reconstruction["info"]
                                              | {"ruler_band_rows": reconstruction["band_rows"]}})
-    info |= prediction_report(out, out / "segmentation.tif", channels[0], voxel, info,
+    info |= prediction_report(out, out / "segmentation.tif", shown, voxel, info,
                               crop=int(cfg.get("report_crop", 256)))
     write_json(out / "prediction.json", info)
     fractions = summary["class_fractions"]
@@ -236,6 +261,49 @@ def _open_inputs(spec, voltages: list, checkpoint: Path, acquisition: Mapping) -
 
 
 RESOLUTION_TOLERANCE = 0.2  # a pixel size this much (relative) off the training voxel size is warned about
+RESAMPLED = ".resampled"  # inference.resample=true: the prediction on the model's grid, removed once mapped back
+
+
+def _resample_size(enabled: bool, voxel, trained, shape, checkpoint) -> tuple[int, int] | None:
+    """inference.resample=true: the (rows, columns) of the input's slices at the training voxel
+    size, or None when the sizes already agree (within 0.1 %) or resampling is off."""
+    if not enabled:
+        return None
+    if trained is None or voxel is None:
+        raise ValueError(
+            f"inference.resample=true needs the input's pixel size and the voxel size {checkpoint} was trained on "
+            f"({'input: give voxel_size_nm=[z,y,x]' if voxel is None else 'the checkpoint does not record it'})"
+        )
+    if np.allclose(voxel[1:], trained[1:], rtol=1e-3):
+        return None
+    return tuple(max(1, int(round(n * v / t))) for n, v, t in zip(shape[1:], voxel[1:], trained[1:]))
+
+
+def _back_to_input_grid(summary: Mapping, out: Path, shape, voxel) -> dict:
+    """The prediction made on the model's grid (out/.resampled) mapped back onto the input's:
+    segmentation by nearest neighbour, probabilities bilinearly, slice by slice, each file
+    written beside its place and renamed into it; the class fractions counted again."""
+    from skimage.transform import resize  # scikit-image's resize, as ResampledStack's
+
+    work = out / RESAMPLED
+    n_classes = int(summary["n_classes"])
+    counts = np.zeros(n_classes, dtype=np.int64)
+    for name in summary["files"]:  # probabilities first, segmentation.tif last
+        labels = name == SEGMENTATION_FILE
+        source = open_stack(work / name)
+        with atomic_path(out / name) as tmp:
+            with create_stack_file(tmp, shape, np.uint8 if labels else np.float32, voxel) as target:
+                for z in range(shape[0]):
+                    values = resize(source[z], shape[1:], order=0 if labels else 1, anti_aliasing=False,
+                                    preserve_range=True).astype(np.uint8 if labels else np.float32)
+                    target[z] = values
+                    if labels:
+                        counts += np.bincount(values.ravel(), minlength=n_classes)[:n_classes]
+                target.flush()
+        source.close()
+    shutil.rmtree(work)
+    return {**summary, "shape": list(shape), "class_counts": counts.tolist(),
+            "class_fractions": (counts / max(1, counts.sum())).tolist()}
 
 
 def resolution_warnings(voxel, trained, checkpoint, source) -> list[str]:
