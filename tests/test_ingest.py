@@ -101,3 +101,29 @@ def test_the_command_line(tmp_path):
     assert "wrote" in result.stdout and "ingest ds: 3/3 slices" in result.stdout  # plain progress lines: no terminal
     stack, voxel = read_stack(tmp_path / "ds" / "bse_1kV.tif")
     assert stack.shape == (3, 40, 48) and voxel == (5.0, 5.0, 5.0)
+
+
+def test_ingest_measures_each_slice_from_ruler_marks(tmp_path):
+    """Slices of varying thickness with ruler marks milled above the sample (the band on top of
+    every image): thickness.csv per slice from the marks, the band cut off the stacks."""
+    from fibml.io import read_thickness_csv
+    from fibml.reconstruct.ruler import add_ruler
+
+    rng = np.random.default_rng(0)
+    thicknesses = rng.gamma(16.0, 10.0 / 16.0, size=12)  # mean 10 nm, varying
+    z_nm = np.concatenate([[0.0], np.cumsum(thicknesses)[:-1]])
+    sample = rng.normal(0.5, 0.1, size=(12, 24, 400)).astype(np.float32)  # 1 um wide: room for the marks
+    images, band = add_ruler(sample, z_nm, pixel_nm=2.5, band_rows=16, noise_sigma=0.0)
+    grey = np.round(np.clip(images, 0, 1) * 60000).astype(np.uint16)
+    folder = tmp_path / "asv"
+    folder.mkdir()
+    for z, image in enumerate(grey):
+        write_fei_tiff(folder / f"slice {z + 1}.tif", image, databar_rows=10, pixel_nm=2.5, detector="CBS", mode="BSE")
+    out = ingest(_config(tmp_path, f"input={folder}", f"out={tmp_path / 'ds'}", "slice_thickness_nm=ruler",
+                         "ruler.band_rows=16", "ruler.outlier_z=null"))
+    measured = read_thickness_csv(out / "thickness.csv", 12)
+    assert np.abs(measured[:-1] - thicknesses[:-1]).max() < 2.5  # the last slice has no next mark
+    dataset = read_dataset(out)
+    assert dataset.images[2.0].shape == (12, 24, 400)  # ruler band (16 rows) and data bar (10 rows) cut off
+    assert dataset.voxel_size_nm[0] == pytest.approx(measured.mean())
+    np.testing.assert_array_equal(dataset.images[2.0], grey[:, 16:])

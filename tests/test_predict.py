@@ -216,6 +216,17 @@ def test_predict_takes_a_folder_of_vendor_slices(model_run, tiny_dataset, tmp_pa
     info = json.loads((out / "prediction.json").read_text())
     assert info["warnings"] == [] and info["input"][0] == str(folder)
 
+    # the slice thickness estimated from the model's segmentation of the folder: as from predict.py's
+    from fibml.pipelines.ingest import ingest
+
+    estimates = []
+    for name, source in (("by_model", model_run), ("by_file", out / "segmentation.tif")):
+        ingested = ingest(compose_config("ingest", [f"input={folder}", f"out={tmp_path / name}", "slice_thickness_nm=auto",
+                                                    f"thickness_estimate.segmentation={source}",
+                                                    "thickness_estimate.device=cpu"], tmp_path))
+        estimates.append(json.loads((ingested / "manifest.json").read_text())["voxel_size_nm"][0])
+    assert estimates[0] == pytest.approx(estimates[1], rel=0.02)
+
     coarse = _predict(model_run, folder, tmp_path / "coarse", tmp_path, "acquisition.slice_thickness_nm=9",
                       "acquisition.pixel_size_nm=9")
     warnings = json.loads((coarse / "prediction.json").read_text())["warnings"]

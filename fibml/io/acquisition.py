@@ -24,7 +24,7 @@ import fnmatch
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +223,17 @@ class Acquisition:
     @property
     def shape(self) -> tuple[int, int, int]:
         return next(iter(self.channels.values())).shape
+
+    def without_top_rows(self, rows: int) -> Acquisition:
+        """The acquisition with `rows` more rows cut off the top of every slice (a band of ruler
+        marks above the sample)."""
+        y0, y1, x0, x1 = self.crop
+        if not 0 <= rows < y1 - y0:
+            raise ValueError(f"cannot cut {rows} rows off slices of {y1 - y0} rows")
+        crop = (y0 + int(rows), y1, x0, x1)
+        channels = {c: SliceSeries(s.files, crop, s.dtype, s.samples, s.voxel_size_nm, s.name, s.paged, len(s))
+                    for c, s in self.channels.items()}
+        return replace(self, channels=channels, crop=crop)
 
     def manifest(self) -> dict:
         """What the dataset folder's manifest keeps of the acquisition."""
