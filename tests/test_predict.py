@@ -256,3 +256,24 @@ def test_resample_presents_the_input_at_the_training_voxel_size(model_run, tiny_
     # without resampling, the same input is warned about
     plain = _predict(model_run, fine, tmp_path / "plain", tmp_path)
     assert "1.25 nm" in json.loads((plain / "prediction.json").read_text())["warnings"][0]
+
+
+@pytest.mark.slow
+def test_output_format_zarr_writes_an_ome_zarr_segmentation(model_run, tiny_dataset, tmp_path):
+    import zarr
+
+    from fibml.io import read_ome_zarr
+
+    out = _predict(model_run, tiny_dataset, tmp_path / "out", tmp_path, "output_format=zarr")
+    segmentation, voxel = read_stack(out / "segmentation.tif")
+    stored, scale = read_ome_zarr(out / "segmentation.ome.zarr")
+    np.testing.assert_array_equal(stored, segmentation)
+    assert scale == voxel == (2.5, 2.5, 2.5)
+    group = zarr.open_group(str(out / "segmentation.ome.zarr"), mode="r")
+    multiscale = group.attrs["multiscales"][0]
+    assert multiscale["version"] == "0.4" and [a["name"] for a in multiscale["axes"]] == ["z", "y", "x"]
+    assert group["0"].chunks == (40, 48, 48) and (out / "segmentation.ome.zarr" / "0" / "0" / "0" / "0").is_file()
+    assert json.loads((out / "prediction.json").read_text())["ome_zarr"] == str(out / "segmentation.ome.zarr")
+    with pytest.raises(ValueError, match="output_format must be tiff or zarr, got 'hdf5'"):
+        _predict(model_run, tiny_dataset, tmp_path / "bad", tmp_path, "output_format=hdf5")
+    assert not (tmp_path / "bad").exists()

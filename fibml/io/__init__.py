@@ -33,7 +33,7 @@ The package by job: `tiff` (whole stacks and their voxel size), `lazy` (slice-by
 and positioned writes), `integrity` (truncated TIFFs), `dataset` (dataset folders, manifests,
 thickness.csv), `files` (JSON, CSV values, atomic writes), `vendor` (the metadata of vendor
 TIFFs), `databar` (the information bar under SEM images), `acquisition` (slice series as
-microscopes write them). Their public names are importable from fibml.io itself.
+microscopes write them), `omezarr` (segmentations as OME-Zarr, for napari and volume-EM tools). Their public names are importable from fibml.io itself.
 """
 
 from fibml.channels import channel_key, channel_label
@@ -64,6 +64,7 @@ from fibml.io.dataset import (
 )
 from fibml.io.files import atomic_path, json_default, shape_mismatch, write_json
 from fibml.io.lazy import LazyStack, StackFile, create_stack_file, open_stack, open_stack_file
+from fibml.io.omezarr import read_ome_zarr, write_ome_zarr
 from fibml.io.tiff import read_stack, write_stack
 from fibml.io.vendor import SliceMetadata, read_slice_metadata
 
@@ -95,6 +96,7 @@ __all__ = [
     "open_stack_file",
     "read_dataset",
     "read_manifest",
+    "read_ome_zarr",
     "read_slice_metadata",
     "read_stack",
     "read_thickness_csv",
@@ -103,6 +105,7 @@ __all__ = [
     "stack_name",
     "write_dataset",
     "write_json",
+    "write_ome_zarr",
     "write_stack",
     "write_thickness_csv",
 ]

@@ -43,6 +43,7 @@ from fibml.io import (
     shape_mismatch,
     stack_name,
     write_json,
+    write_ome_zarr,
     write_stack,
 )
 from fibml.pipelines.common import data_settings
@@ -89,6 +90,9 @@ def predict(cfg: DictConfig) -> Path:
     for line in warnings:
         print(f"warning: {line}")
     reconstruct = ReconstructSettings.from_config(cfg.get("reconstruct"))
+    output_format = str(cfg.get("output_format", "tiff"))
+    if output_format not in ("tiff", "zarr"):
+        raise ValueError(f"output_format must be tiff or zarr, got {output_format!r}")
     out = Path(cfg.output)
     started = time.perf_counter()
 
@@ -138,6 +142,9 @@ def predict(cfg: DictConfig) -> Path:
         summary = _back_to_input_grid(summary, out, shown.shape, voxel)
     if table is not None:
         write_shifts_csv(out / "shifts.csv", table)
+    if output_format == "zarr":
+        with open_stack(out / "segmentation.tif") as segmentation:
+            write_ome_zarr(out / OME_ZARR, segmentation, voxel, overwrite=True)
 
     reconstruction = None
     if reconstruct.enabled:
@@ -164,6 +171,7 @@ def predict(cfg: DictConfig) -> Path:
         },
         "seconds": round(time.perf_counter() - started, 3),
         "warnings": warnings,
+        "ome_zarr": str(out / OME_ZARR) if output_format == "zarr" else None,
         "resampled": None if not resample else {
             "from_nm": list(voxel[1:]), "to_nm": list(trained[1:]), "model_grid_yx": list(resample),
         },
@@ -261,6 +269,7 @@ def _open_inputs(spec, voltages: list, checkpoint: Path, acquisition: Mapping) -
 
 
 RESOLUTION_TOLERANCE = 0.2  # a pixel size this much (relative) off the training voxel size is warned about
+OME_ZARR = "segmentation.ome.zarr"  # output_format=zarr
 RESAMPLED = ".resampled"  # inference.resample=true: the prediction on the model's grid, removed once mapped back
 
 
