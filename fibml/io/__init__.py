@@ -62,7 +62,7 @@ from fibml.io.dataset import (
     write_dataset,
     write_thickness_csv,
 )
-from fibml.io.files import atomic_path, json_default, shape_mismatch, write_json
+from fibml.io.files import atomic_folder, atomic_path, json_default, shape_mismatch, write_json
 from fibml.io.lazy import LazyStack, StackFile, create_stack_file, open_stack, open_stack_file
 from fibml.io.omezarr import read_ome_zarr, write_ome_zarr
 from fibml.io.tiff import read_stack, write_stack
@@ -79,6 +79,7 @@ __all__ = [
     "SliceSeries",
     "StackFile",
     "acquisition_channel",
+    "atomic_folder",
     "atomic_path",
     "available_channels",
     "channel_key",

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +17,7 @@ import numpy as np
 import fibml
 from fibml.channels import CHANNEL_RE, Channel, channel_key, channel_label
 from fibml.geometry import check_thicknesses
-from fibml.io.files import atomic_path, csv_value, shape_mismatch, write_json
+from fibml.io.files import atomic_folder, atomic_path, csv_value, shape_mismatch, write_json
 from fibml.io.lazy import LazyStack, open_stack
 from fibml.io.tiff import read_stack, write_stack
 
@@ -185,9 +182,7 @@ def write_dataset(
             raise ValueError(shape_mismatch(name, shape, reference_name, reference))
     voxel = [float(v) for v in np.broadcast_to(np.asarray(voxel_size_nm, dtype=float), (3,))]
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         for v, stack in images.items():
             write_stack(tmp / stack_name(v), np.asarray(stack, dtype=np.float32), voxel)
         if labels is not None:
@@ -198,12 +193,6 @@ def write_dataset(
             write_stack(tmp / name, array, extra_voxel)
         files = [*shapes, *(extra_stacks or {})] + ([THICKNESS] if thickness_nm is not None else [])
         write_json(tmp / MANIFEST, dataset_manifest(list(images), reference, voxel, files, manifest))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

@@ -11,13 +11,12 @@ are its job.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from fibml.io.files import atomic_folder
 
 __all__ = ["NGFF_VERSION", "read_ome_zarr", "write_ome_zarr"]
 
@@ -46,9 +45,7 @@ def write_ome_zarr(path: str | Path, source, voxel_size_nm: Sequence[float] | No
     dtype = np.dtype(getattr(source, "dtype", None) or np.asarray(source[0]).dtype)
     chunks = tuple(min(int(c), n) for c, n in zip(chunks, shape))
     scale = [1.0, 1.0, 1.0] if voxel_size_nm is None else [float(v) for v in voxel_size_nm]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_folder(path) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         array = root.create_array("0", shape=shape, chunks=chunks, dtype=dtype,
                                   chunk_key_encoding={"name": "v2", "separator": "/"}, fill_value=0)
@@ -61,12 +58,6 @@ def write_ome_zarr(path: str | Path, source, voxel_size_nm: Sequence[float] | No
             "axes": [{"name": axis, "type": "space", "unit": "nanometer"} for axis in "zyx"],
             "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
         }]
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -9,10 +9,7 @@ where it came from."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +25,7 @@ from fibml.io import (
     MANIFEST,
     THICKNESS,
     Acquisition,
+    atomic_folder,
     create_stack_file,
     dataset_manifest,
     open_acquisition,
@@ -133,9 +131,7 @@ def write_acquisition(acquisition: Acquisition, out: Path, voxel, manifest: Mapp
     """One stack per channel, written slice by slice (the acquisition never sits in memory)
     into a folder beside `out`, renamed into place when complete; thickness.csv when the slices'
     own thicknesses are known."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         files = []
         total = sum(len(s) for s in acquisition.channels.values())
         with _progress(None, f"ingest {out.name}", "slice", total=total) as bar:
@@ -155,12 +151,6 @@ def write_acquisition(acquisition: Acquisition, out: Path, voxel, manifest: Mapp
             files.append(SPACING_FIGURE)
         write_json(tmp / MANIFEST, dataset_manifest(list(acquisition.channels), acquisition.shape, voxel, files,
                                                     manifest))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
