@@ -329,7 +329,7 @@ def resolution_warnings(voxel, trained, checkpoint, source) -> list[str]:
             lines.append(
                 f"the input's pixel size along {axis} is {here:.4g} nm, {checkpoint} was trained on {there:.4g} nm "
                 f"voxels ({here / there:.2f}x): its structures appear {'smaller' if here > there else 'larger'} "
-                "in pixels than in training; resample the stack to the training voxel size or train on data at this one"
+                "in pixels than in training: set inference.resample=true, or train on data at this pixel size"
             )
     return lines
 
