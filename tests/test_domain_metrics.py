@@ -12,6 +12,7 @@ from fibml.config import CONFIG_DIR
 from fibml.metrics.domain import (
     domain_distances,
     histogram_distance,
+    image_agreement,
     power_spectrum,
     spectrum_distance,
 )
@@ -208,3 +209,22 @@ def test_the_pixel_subsample_of_large_domains_is_the_same_every_time():
     a, b = rng.random((5, 512, 512)), rng.random((5, 512, 512)) ** 1.1
     assert histogram_distance(a, b) == histogram_distance(a, b)
     assert histogram_distance(a, a.copy()) == 0.0  # equal sizes draw the same pixels
+
+
+def test_image_agreement_levels_contrast_correlation_and_noise_ceiling():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((3, 32, 32)) < 0.4).astype(np.uint8)
+    truth = np.where(labels == 1, 0.45, 0.15)  # a noiseless reference: pore 0.15, solid 0.45
+    reference, repeat = (truth + rng.normal(0, 0.05, truth.shape) for _ in range(2))
+    model = 0.8 * truth + 0.05  # darker solid, brighter pore: contrast 0.39 / 0.41
+    out = image_agreement(model, reference, labels, repeat=repeat)
+    assert out["model pore"] == pytest.approx(0.17) and out["model solid"] == pytest.approx(0.41)
+    assert out["model contrast"] == pytest.approx(0.24 / 0.41)
+    assert out["reference pore"] == pytest.approx(0.15, abs=0.005) and out["reference solid"] == pytest.approx(0.45, abs=0.005)
+    # a noiseless model proportional to the truth reaches the noise ceiling: r(model, ref) = sqrt(r(ref, repeat))
+    assert out["correlation"] == pytest.approx(out["noise ceiling"], abs=0.02)
+    assert out["noise ceiling"] < 0.99
+    same = image_agreement(reference, reference, labels)
+    assert same["correlation"] == pytest.approx(1.0) and same["ssim"] == pytest.approx(1.0) and "noise ceiling" not in same
+    with pytest.raises(ValueError, match="both pore and solid"):
+        image_agreement(model, reference, np.zeros_like(labels))

@@ -20,7 +20,7 @@ import scipy.fft
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import wasserstein_distance
 
-__all__ = ["domain_distances", "histogram_distance", "power_spectrum", "spectrum_distance"]
+__all__ = ["domain_distances", "histogram_distance", "image_agreement", "power_spectrum", "spectrum_distance"]
 
 Images = np.ndarray | Sequence[np.ndarray]
 
@@ -106,6 +106,40 @@ def domain_distances(a: Images, b: Images, bins: int = 256) -> dict[str, float]:
         "jensen_shannon": histogram_distance(a, b, bins, metric="jensen_shannon"),
         "spectrum": spectrum_distance(a, b),
     }
+
+
+def image_agreement(model: np.ndarray, reference: np.ndarray, labels: np.ndarray,
+                    repeat: np.ndarray | None = None, solid: int = 1) -> dict[str, float]:
+    """How well images of a forward model reproduce reference images (Monte Carlo) of the same
+    faces: (n, y, x) stacks in the same units, `labels` the phase of every face pixel.
+
+    Returns the mean pore and solid levels of both ("model pore", "reference pore", ...), their
+    contrast (solid - pore) / solid, the pixel correlation of model and reference, SSIM
+    (scikit-image, on the reference's range), and, given `repeat` (the reference again with
+    another seed), the reference's noise ceiling sqrt(r(reference, repeat)): the correlation a
+    noiseless perfect model would reach with one noisy reference run."""
+    model, reference = np.asarray(model, np.float64), np.asarray(reference, np.float64)
+    labels = np.asarray(labels)
+    if model.shape != reference.shape or labels.shape != reference.shape or model.ndim != 3:
+        raise ValueError(f"model, reference and labels must be (n, y, x) stacks of one shape, got {model.shape}, "
+                         f"{reference.shape}, {labels.shape}")
+    is_solid = labels == solid
+    if is_solid.all() or not is_solid.any():
+        raise ValueError("the faces must show both pore and solid")
+    from skimage.metrics import structural_similarity  # scikit-image's SSIM, the field's reference
+
+    out: dict[str, float] = {}
+    for name, images in (("model", model), ("reference", reference)):
+        pore, solid_level = float(images[~is_solid].mean()), float(images[is_solid].mean())
+        out |= {f"{name} pore": pore, f"{name} solid": solid_level,
+                f"{name} contrast": (solid_level - pore) / solid_level if solid_level else float("nan")}
+    out["correlation"] = float(np.corrcoef(model.ravel(), reference.ravel())[0, 1])
+    data_range = float(reference.max() - reference.min()) or 1.0
+    out["ssim"] = float(np.mean([structural_similarity(m, r, data_range=data_range) for m, r in zip(model, reference)]))
+    if repeat is not None:
+        r = float(np.corrcoef(reference.ravel(), np.asarray(repeat, np.float64).ravel())[0, 1])
+        out["noise ceiling"] = float(np.sqrt(max(r, 0.0)))
+    return out
 
 
 def _stacks(images: Images) -> list[np.ndarray]:
